@@ -1,0 +1,69 @@
+"""
+Session accounting: one structured log event per finished client session,
+and running counters for metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+__all__ = ["Session", "Counters", "logSession"]
+
+log = Logger(namespace="txsocks5.session")
+
+
+@dataclass
+class Session:
+    """
+    What is known about one client session, filled in as it goes.
+
+    @ivar outcome: how it ended: C{"succeeded"} for a tunnel that ran, the
+        name of the REP code sent for a refused request (C{"connection
+        refused"}), or what cut negotiation short (C{"negotiation
+        timeout"}, C{"authentication failed"}, C{"protocol error"}, ...).
+    """
+
+    client: str
+    started: float
+    user: str | None = None
+    command: str | None = None
+    destination: str | None = None
+    bytesUp: int = 0
+    bytesDown: int = 0
+    outcome: str = "closed during negotiation"
+
+
+@dataclass
+class Counters:
+    """Totals since the server started, for metrics."""
+
+    sessions: int = 0
+    active: int = 0
+    bytesUp: int = 0
+    bytesDown: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def record(self, session: Session) -> None:
+        """Add a finished session to the totals."""
+        self.sessions += 1
+        self.bytesUp += session.bytesUp
+        self.bytesDown += session.bytesDown
+        self.outcomes[session.outcome] = self.outcomes.get(session.outcome, 0) + 1
+
+
+def logSession(session: Session, ended: float) -> None:
+    """Emit the one log event that describes a finished session."""
+    log.info(
+        "session {outcome}: client={client} user={user} command={command} "
+        "destination={destination} up={bytesUp} down={bytesDown} duration={duration:.3f}s",
+        outcome=session.outcome,
+        client=session.client,
+        user=session.user,
+        command=session.command,
+        destination=session.destination,
+        bytesUp=session.bytesUp,
+        bytesDown=session.bytesDown,
+        duration=ended - session.started,
+    )

@@ -1,0 +1,92 @@
+"""
+The contracts between txsocks5's parts, declared with zope.interface.
+
+Authentication methods are L{IAuthenticator} plugins: an object that
+provides it and lives in a C{twisted/plugins/} dropin is found with
+C{twisted.plugin.getPlugins(IAuthenticator)}.  How a destination is reached
+is an L{IOutbound}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
+from zope.interface import Attribute, Interface
+
+from txsocks5.wire import Address
+
+__all__ = ["AuthOutcome", "IAuthNegotiation", "IAuthenticator", "IOutbound"]
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    """
+    The end of a sub-negotiation.
+
+    @ivar accepted: whether the client may go on to send a request.
+    @ivar user: the authenticated user name, or C{None} for anonymous use.
+    @ivar reply: bytes to send the client before going on (or closing).
+    """
+
+    accepted: bool
+    user: str | None = None
+    reply: bytes = b""
+
+
+class IAuthNegotiation(Interface):
+    """
+    One client's run of a method-specific sub-negotiation (RFC 1928 section
+    3), from the method selection until the client is accepted or refused.
+    """
+
+    def dataReceived(data: bytes) -> tuple[Deferred[AuthOutcome], int] | None:
+        """
+        Offer the bytes the client sent since the method selection.
+
+        @return: C{None} if more bytes are needed; otherwise a pair of a
+            L{twisted.internet.defer.Deferred} that fires with an
+            L{AuthOutcome} and the number of bytes of C{data}
+            the sub-negotiation used (bytes after them belong to the
+            request).
+        """
+
+
+class IAuthenticator(Interface):
+    """
+    A SOCKS5 authentication method, such as "no authentication" (0x00) or
+    username/password (0x02).
+    """
+
+    method = Attribute("The METHOD code (an int from 0 to 254) this negotiates.")
+    name = Attribute("A short name for logs and the command line, e.g. 'username'.")
+    usesCredentials = Attribute("True if the method checks credentials against twisted.cred checkers.")
+
+    def negotiate(checkers: Sequence[ICredentialsChecker], peer: IAddress) -> IAuthNegotiation:
+        """
+        Begin the sub-negotiation with one client.
+
+        @param checkers: a sequence of
+            L{twisted.cred.checkers.ICredentialsChecker} configured on the
+            server (an empty sequence if none are).
+        @param peer: the client's L{twisted.internet.interfaces.IAddress}.
+        """
+
+
+class IOutbound(Interface):
+    """How the server reaches a destination for CONNECT."""
+
+    def connect(address: Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Open a stream connection to a destination.
+
+        @param address: a L{txsocks5.wire.Address} (IP literal or domain name).
+        @param protocolFactory: the
+            L{twisted.internet.interfaces.IProtocolFactory} for the connection.
+        @return: a L{twisted.internet.defer.Deferred} that fires with the
+            connected protocol, or fails with the connection error (see
+            L{txsocks5.outbound.replyForFailure} for how errors map to REP codes).
+        """

@@ -1,0 +1,118 @@
+"""
+How the server reaches destinations, and how connection failures map to
+RFC 1928 REP codes.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsocks5 import wire
+from txsocks5.interfaces import IOutbound
+
+__all__ = ["DirectOutbound", "replyForFailure"]
+
+
+_TIMEOUTS = (
+    error.TimeoutError,  # includes TCPTimedOutError (ETIMEDOUT)
+    defer.TimeoutError,
+    error.ConnectingCancelledError,  # what Deferred.addTimeout really fails with
+)
+
+_ERRNO_REPLIES = {
+    errno.ECONNREFUSED: wire.Reply.CONNECTION_REFUSED,
+    errno.EHOSTUNREACH: wire.Reply.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: wire.Reply.HOST_UNREACHABLE,
+    errno.ENETUNREACH: wire.Reply.NETWORK_UNREACHABLE,
+    errno.ENETDOWN: wire.Reply.NETWORK_UNREACHABLE,
+    errno.ETIMEDOUT: wire.Reply.TTL_EXPIRED,
+}
+
+
+def replyForFailure(failure: Failure) -> wire.Reply:
+    """
+    The REP code that tells a client why its connection attempt failed:
+    refused → 0x05, unresolvable or host unreachable → 0x04, network
+    unreachable → 0x03, timed out → 0x06, anything else → 0x01.
+    """
+    value = failure.value
+    if isinstance(value, error.ConnectionRefusedError):
+        return wire.Reply.CONNECTION_REFUSED
+    if isinstance(value, (error.DNSLookupError, error.UnknownHostError)):
+        return wire.Reply.HOST_UNREACHABLE
+    if isinstance(value, error.NoRouteError):
+        return wire.Reply.NETWORK_UNREACHABLE
+    if isinstance(value, _TIMEOUTS):
+        return wire.Reply.TTL_EXPIRED
+    if isinstance(value, error.ConnectError) and isinstance(value.osError, int):
+        return _ERRNO_REPLIES.get(value.osError, wire.Reply.GENERAL_FAILURE)
+    if isinstance(value, OSError) and value.errno is not None:
+        return _ERRNO_REPLIES.get(value.errno, wire.Reply.GENERAL_FAILURE)
+    return wire.Reply.GENERAL_FAILURE
+
+
+@implementer(IOutbound)
+class DirectOutbound:
+    """
+    Connect straight to destinations from this host.
+
+    IP literals are connected to directly; names go through
+    L{HostnameEndpoint}, which resolves them with the reactor's resolver
+    without blocking and races IPv6 and IPv4 addresses (happy eyeballs).
+
+    @param reactor: the reactor to connect with.
+    @param timeout: seconds a whole connection attempt (resolution included)
+        may take.
+    @param bindAddress: an optional C{(host, port)} to connect from.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        timeout: float = 30.0,
+        bindAddress: tuple[str, int] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._bindAddress = bindAddress
+
+    def connect(self, address: wire.Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect to C{address}; see L{IOutbound.connect}."""
+        host = address.host
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        endpoint: IStreamClientEndpoint
+        if ip is None:
+            try:
+                endpoint = HostnameEndpoint(
+                    self._reactor,
+                    host,
+                    address.port,
+                    timeout=self._timeout,
+                    bindAddress=self._bindAddress,
+                )
+            except (UnicodeError, ValueError) as e:
+                return fail(error.DNSLookupError(f"invalid host name: {e}"))
+        elif ip.version == 4:
+            endpoint = TCP4ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
+        else:
+            endpoint = TCP6ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
+        d = endpoint.connect(protocolFactory)
+        clock: IReactorTime = self._reactor  # type: ignore[assignment]
+        return d.addTimeout(self._timeout, clock)

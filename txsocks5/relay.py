@@ -1,0 +1,217 @@
+"""
+The TCP relay: joins a client connection and a target connection once a
+request has succeeded.
+
+Data moves with streaming producers in both directions, so a slow reader on
+one side pauses reading on the other and memory stays bounded.  A FIN from
+either side is passed on as a half-close, and the other direction keeps
+flowing until it ends too (or the fin-wait timeout fires).  The per-chunk
+path is a write to the peer and an integer add, nothing more.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["TCPRelay", "TargetProtocol", "TargetFactory"]
+
+
+def _shutdownWrite(transport: ITransport) -> None:
+    """Send a FIN on C{transport}, or close it if it cannot half-close."""
+    loseWrite = getattr(transport, "loseWriteConnection", None)
+    if loseWrite is not None:
+        loseWrite()
+    else:
+        transport.loseConnection()
+
+
+class TCPRelay:
+    """
+    Moves bytes between a client transport and a target transport until
+    both directions have ended.
+
+    The protocols that own the transports report their events here
+    (C{clientData}, C{targetReadClosed}, C{clientLost}, ...).
+
+    @ivar bytesUp: bytes relayed from the client to the target.
+    @ivar bytesDown: bytes relayed from the target to the client.
+    @ivar closeReason: why the relay cut the connections (C{"idle timeout"},
+        C{"fin-wait timeout"}), or C{None} if the peers ended it.
+    """
+
+    def __init__(
+        self,
+        client: ITransport,
+        target: ITransport,
+        clock: IReactorTime,
+        idleTimeout: float | None = None,
+        finWaitTimeout: float | None = None,
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.bytesUp = 0
+        self.bytesDown = 0
+        self.closeReason: str | None = None
+        self._clock = clock
+        self._idleTimeout = idleTimeout
+        self._finWaitTimeout = finWaitTimeout
+        self._upEnded = False
+        self._downEnded = False
+        self._finished = False
+        self._idleCall: IDelayedCall | None = None
+        self._finWaitCall: IDelayedCall | None = None
+        self._lastTotal = -1
+
+    def start(self, pending: bytes = b"", clientEnded: bool = False) -> None:
+        """
+        Begin relaying.
+
+        @param pending: bytes the client sent after its request, to be
+            delivered to the target first.
+        @param clientEnded: whether the client has already sent its FIN.
+        """
+        self.target.registerProducer(self.client, True)  # type: ignore[attr-defined]
+        self.client.registerProducer(self.target, True)  # type: ignore[attr-defined]
+        if pending:
+            self.clientData(pending)
+        if self._idleTimeout:
+            self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
+        if clientEnded:
+            self.clientReadClosed()
+
+    # Per-chunk paths: one write, one add.
+    def clientData(self, data: bytes) -> None:
+        """The client sent C{data}: pass it to the target."""
+        self.bytesUp += len(data)
+        self.target.write(data)
+
+    def targetData(self, data: bytes) -> None:
+        """The target sent C{data}: pass it to the client."""
+        self.bytesDown += len(data)
+        self.client.write(data)
+
+    def clientReadClosed(self) -> None:
+        """The client sent a FIN: half-close towards the target."""
+        if self._upEnded or self._finished:
+            return
+        self._upEnded = True
+        # Nothing more will be read from the client: stop it being resumed.
+        self.target.unregisterProducer()  # type: ignore[attr-defined]
+        _shutdownWrite(self.target)
+        self._halfClosed()
+
+    def targetReadClosed(self) -> None:
+        """The target sent a FIN: half-close towards the client."""
+        if self._downEnded or self._finished:
+            return
+        self._downEnded = True
+        self.client.unregisterProducer()  # type: ignore[attr-defined]
+        _shutdownWrite(self.client)
+        self._halfClosed()
+
+    def clientLost(self) -> None:
+        """The client connection is gone: close the target once its data is sent."""
+        self._finish()
+        self.target.loseConnection()
+
+    def targetLost(self) -> None:
+        """The target connection is gone: close the client once its data is sent."""
+        self._finish()
+        self.client.loseConnection()
+
+    def _halfClosed(self) -> None:
+        if self._upEnded and self._downEnded:
+            self._finish()
+            self.client.loseConnection()
+            self.target.loseConnection()
+        elif self._finWaitTimeout and self._finWaitCall is None:
+            self._finWaitCall = self._clock.callLater(self._finWaitTimeout, self._abort, "fin-wait timeout")
+
+    def _finish(self) -> None:
+        """Stop timers and producers; the connections are closing."""
+        if self._finished:
+            return
+        self._finished = True
+        for call in (self._idleCall, self._finWaitCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._idleCall = self._finWaitCall = None
+        # loseConnection waits for a registered producer: let go of them.
+        self.client.unregisterProducer()  # type: ignore[attr-defined]
+        self.target.unregisterProducer()  # type: ignore[attr-defined]
+
+    def _checkIdle(self) -> None:
+        total = self.bytesUp + self.bytesDown
+        if total == self._lastTotal:
+            self._abort("idle timeout")
+            return
+        self._lastTotal = total
+        assert self._idleTimeout is not None
+        self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
+
+    def _abort(self, reason: str) -> None:
+        self._idleCall = self._finWaitCall = None
+        self.closeReason = reason
+        self._finish()
+        self.client.abortConnection()  # type: ignore[attr-defined]
+        self.target.abortConnection()  # type: ignore[attr-defined]
+
+
+@implementer(IHalfCloseableProtocol)
+class TargetProtocol(Protocol):
+    """
+    The server's side of a connection to a destination: reports to a
+    L{TCPRelay} once one is attached, and holds anything that arrives
+    before then.
+    """
+
+    relay: TCPRelay | None = None
+    _early: list[bytes] | None = None
+    _earlyEnded = False
+    _earlyLost = False
+
+    def attach(self, relay: TCPRelay) -> None:
+        """Report to C{relay} from now on, after replaying what came early."""
+        self.relay = relay
+        early, self._early = self._early, None
+        for data in early or ():
+            relay.targetData(data)
+        if self._earlyLost:
+            relay.targetLost()
+        elif self._earlyEnded:
+            relay.targetReadClosed()
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.bytesDown += len(data)
+            relay.client.write(data)
+        elif self._early is None:
+            self._early = [data]
+        else:
+            self._early.append(data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.targetReadClosed()
+        else:
+            self._earlyEnded = True
+
+    def writeConnectionLost(self) -> None:
+        """Our FIN to the target was sent; the relay already knows."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.relay is not None:
+            self.relay.targetLost()
+        else:
+            self._earlyLost = True
+
+
+class TargetFactory(Factory):
+    """Builds L{TargetProtocol}s for outbound connections."""
+
+    protocol = TargetProtocol
+    noisy = False

@@ -1,0 +1,423 @@
+"""
+The SOCKS5 server: L{SOCKS5ServerProtocol} runs one client's negotiation
+(greeting, sub-negotiation, request) and L{SOCKS5Factory} holds the
+configuration every client shares.
+
+The protocol is thin glue: bytes go through L{txsocks5.wire}, methods are
+L{IAuthenticator}s, destinations are reached through an L{IOutbound}, and a
+successful CONNECT is handed to a L{TCPRelay}.
+
+Embedding it in another Twisted program::
+
+    from twisted.internet import endpoints, reactor
+    from txsocks5.server import SOCKS5Factory
+
+    endpoints.serverFromString(reactor, "tcp:1080:interface=127.0.0.1").listen(
+        SOCKS5Factory(reactor=reactor)
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txsocks5 import wire
+from txsocks5.accounting import Counters, Session, logSession
+from txsocks5.auth import NoAuthentication, checkersForRFC1929
+from txsocks5.interfaces import AuthOutcome, IAuthenticator, IAuthNegotiation, IOutbound
+from txsocks5.outbound import DirectOutbound, replyForFailure
+from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
+
+__all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "describeAddress"]
+
+log = Logger()
+
+#: Seconds a client has to read an error reply before the connection is cut
+#: (RFC 1928 section 6: no more than 10 seconds).
+ERROR_LINGER = 10.0
+
+_UNSPECIFIED = wire.Address(wire.AddressType.IPV4, "0.0.0.0", 0)
+
+_OUTCOMES = {
+    wire.Reply.GENERAL_FAILURE: "general failure",
+    wire.Reply.NOT_ALLOWED: "not allowed",
+    wire.Reply.NETWORK_UNREACHABLE: "network unreachable",
+    wire.Reply.HOST_UNREACHABLE: "host unreachable",
+    wire.Reply.CONNECTION_REFUSED: "connection refused",
+    wire.Reply.TTL_EXPIRED: "timed out",
+    wire.Reply.COMMAND_NOT_SUPPORTED: "command not supported",
+    wire.Reply.ADDRESS_TYPE_NOT_SUPPORTED: "address type not supported",
+}
+
+
+def describeAddress(address: IAddress) -> str:
+    """
+    A client or server address as C{host:port} (C{[v6]:port}), with
+    IPv4-mapped IPv6 shown as plain IPv4.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return str(wire.Address.fromHost(host, port))
+    return str(getattr(address, "name", None) or address)
+
+
+@implementer(IHalfCloseableProtocol)
+class SOCKS5ServerProtocol(Protocol):
+    """
+    One client connection: negotiates, runs the request, then relays.
+
+    @ivar session: the accounting record of this client's session.
+    """
+
+    factory: SOCKS5Factory
+    session: Session
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._step: Callable[[], bool] | None = self._readGreeting
+        self._advancing = False
+        self._negotiation: IAuthNegotiation | None = None
+        self._pending: Deferred[Any] | None = None
+        self._relay: TCPRelay | None = None
+        self._timer: IDelayedCall | None = None
+        self._paused = False
+        self._clientEnded = False
+        self._closed = False
+
+    # -- connection events ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        factory.counters.active += 1
+        self.session = Session(
+            client=describeAddress(self.transport.getPeer()),  # type: ignore[union-attr]
+            started=factory.clock.seconds(),
+        )
+        self._setDeadline(factory.negotiateTimeout, "negotiation timeout")
+
+    def dataReceived(self, data: bytes) -> None:
+        relay = self._relay
+        if relay is not None:
+            relay.bytesUp += len(data)
+            relay.target.write(data)
+            return
+        self._buffer += data
+        self._advance()
+
+    def readConnectionLost(self) -> None:
+        if self._relay is not None:
+            self._relay.clientReadClosed()
+            return
+        self._clientEnded = True
+        if self._step is not None:
+            # Waiting for bytes that can no longer come.
+            self._close("client closed during negotiation")
+
+    def writeConnectionLost(self) -> None:
+        """Our FIN to the client was sent; the relay already knows."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        self._step = None
+        self._cancelDeadline()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        session = self.session
+        relay = self._relay
+        if relay is not None:
+            relay.clientLost()
+            session.bytesUp = relay.bytesUp
+            session.bytesDown = relay.bytesDown
+            session.outcome = relay.closeReason or "succeeded"
+        factory = self.factory
+        factory.counters.active -= 1
+        factory.counters.record(session)
+        logSession(session, factory.clock.seconds())
+
+    # -- negotiation --------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Run negotiation steps while they make progress."""
+        if self._advancing:
+            return
+        self._advancing = True
+        try:
+            while self._step is not None and self._step():
+                pass
+        except wire.ProtocolError as e:
+            self._protocolError(e)
+        finally:
+            self._advancing = False
+
+    def _readGreeting(self) -> bool:
+        parsed = wire.parseGreeting(self._buffer)
+        if parsed is None:
+            return False
+        self._buffer = self._buffer[parsed.consumed :]
+        offered = parsed.message.methods
+        for authenticator in self.factory.authenticators:
+            if authenticator.method in offered:
+                break
+        else:
+            self.transport.write(wire.MethodSelection(wire.Method.NO_ACCEPTABLE).encode())  # type: ignore[union-attr]
+            self._close("no acceptable method")
+            return False
+        self.session.outcome = "closed during authentication"
+        self.transport.write(wire.MethodSelection(authenticator.method).encode())  # type: ignore[union-attr]
+        self._negotiation = authenticator.negotiate(
+            self.factory.checkers,
+            self.transport.getPeer(),  # type: ignore[union-attr]
+        )
+        self._step = self._readAuthentication
+        return True
+
+    def _readAuthentication(self) -> bool:
+        assert self._negotiation is not None
+        result = self._negotiation.dataReceived(self._buffer)
+        if result is None:
+            return False
+        outcome, consumed = result
+        self._buffer = self._buffer[consumed:]
+        self._step = None
+        self._negotiation = None
+        self._wait(outcome, self._authenticated)
+        return self._step is not None
+
+    def _authenticated(self, outcome: AuthOutcome) -> None:
+        if outcome.reply:
+            self.transport.write(outcome.reply)  # type: ignore[union-attr]
+        if not outcome.accepted:
+            self._close("authentication failed")
+            return
+        self.session.user = outcome.user
+        self.session.outcome = "closed before request"
+        self._step = self._readRequest
+        self._continue()
+
+    def _readRequest(self) -> bool:
+        parsed = wire.parseRequest(self._buffer)
+        if parsed is None:
+            return False
+        self._buffer = self._buffer[parsed.consumed :]
+        self._step = None
+        self._cancelDeadline()
+        request = parsed.message
+        address = request.address
+        session = self.session
+        session.destination = str(address)
+        try:
+            session.command = wire.Command(request.command).name.lower()
+        except ValueError:
+            session.command = f"{request.command:#04x}"
+        if request.command == wire.Command.CONNECT:
+            self._wait(
+                self.factory.outbound.connect(address, TargetFactory()),
+                self._connected,
+                self._connectFailed,
+            )
+        else:
+            self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)
+        return False
+
+    def _connected(self, target: TargetProtocol) -> None:
+        factory = self.factory
+        transport = self.transport
+        assert transport is not None and target.transport is not None
+        bound = target.transport.getHost()
+        transport.write(
+            wire.Response(
+                wire.Reply.SUCCEEDED,
+                wire.Address.fromHost(bound.host, bound.port),  # type: ignore[attr-defined]
+            ).encode()
+        )
+        relay = TCPRelay(
+            transport,
+            target.transport,
+            factory.clock,
+            idleTimeout=factory.idleTimeout,
+            finWaitTimeout=factory.finWaitTimeout,
+        )
+        self._relay = relay
+        pending, self._buffer = self._buffer, b""
+        relay.start(pending, clientEnded=self._clientEnded)
+        target.attach(relay)
+        self._continue()
+
+    def _connectFailed(self, failure: Failure) -> None:
+        reply = replyForFailure(failure)
+        log.debug(
+            "CONNECT {destination} for {client} failed: {error}",
+            destination=self.session.destination,
+            client=self.session.client,
+            error=failure.getErrorMessage(),
+        )
+        self._replyError(reply)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _wait(
+        self,
+        d: Deferred[Any],
+        callback: Callable[[Any], None],
+        errback: Callable[[Failure], None] | None = None,
+    ) -> None:
+        """
+        Run C{callback} (or C{errback}) when C{d} fires, reading nothing from
+        the client until then; nothing runs if the client has gone.
+        """
+        self._pending = d
+
+        def done(result: Any) -> None:
+            if self._pending is not d:
+                return  # The client went away and cancelled this.
+            self._pending = None
+            if isinstance(result, Failure):
+                if errback is None:
+                    result.raiseException()
+                errback(result)
+            else:
+                callback(result)
+
+        d.addBoth(done).addErrback(self._internalError)
+        if self._pending is d and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _continue(self) -> None:
+        """Go on reading after a wait."""
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._advance()
+
+    def _protocolError(self, error: wire.ProtocolError) -> None:
+        log.debug("Protocol error from {client}: {error}", client=self.session.client, error=str(error))
+        if self._step == self._readRequest and error.reply is not None:
+            self._replyError(error.reply)
+        else:
+            self._close("protocol error")
+
+    def _replyError(self, reply: wire.Reply) -> None:
+        self.transport.write(wire.Response(reply, _UNSPECIFIED).encode())  # type: ignore[union-attr]
+        self._close(_OUTCOMES.get(reply, f"reply {reply:#04x}"))
+
+    def _close(self, outcome: str) -> None:
+        """Close after what was written is sent, giving up after L{ERROR_LINGER}."""
+        self.session.outcome = outcome
+        self._step = None
+        transport = self.transport
+        assert transport is not None
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()  # type: ignore[attr-defined]
+        transport.loseConnection()
+        self._setDeadline(ERROR_LINGER, outcome)
+
+    def _internalError(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and self._closed:
+            return
+        log.failure("Internal error serving {client}", failure, client=self.session.client)
+        self.session.outcome = "internal error"
+        if not self._closed:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _setDeadline(self, seconds: float | None, outcome: str) -> None:
+        self._cancelDeadline()
+        if seconds:
+            self._timer = self.factory.clock.callLater(seconds, self._deadlinePassed, outcome)
+
+    def _cancelDeadline(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _deadlinePassed(self, outcome: str) -> None:
+        self._timer = None
+        self.session.outcome = outcome
+        self._step = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class SOCKS5Factory(Factory):
+    """
+    Serves SOCKS5 clients.
+
+    @param authenticators: the methods offered, in order of preference
+        (the first one the client also offers is chosen).  By default only
+        "no authentication".
+    @param checkers: C{twisted.cred} checkers that username/password logins
+        are checked against (the first that accepts wins).
+    @param outbound: how destinations are reached; by default directly,
+        with C{connectTimeout}.
+    @param reactor: the reactor, also used as the clock for every timeout.
+    @param negotiateTimeout: seconds from accept until the request must be
+        complete.
+    @param connectTimeout: seconds a CONNECT may take (resolution included).
+    @param idleTimeout: seconds a tunnel may pass no data before it is cut;
+        C{None} for never.
+    @param finWaitTimeout: seconds a tunnel may stay half-closed; C{None}
+        for ever.
+    @param maxConnections: clients served at once; more are closed at
+        accept.  C{None} for no limit.
+
+    @ivar counters: totals for metrics (sessions, bytes, outcomes).
+    """
+
+    protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        authenticators: Sequence[IAuthenticator] | None = None,
+        checkers: Sequence[ICredentialsChecker] = (),
+        outbound: IOutbound | None = None,
+        reactor: Any = None,
+        negotiateTimeout: float | None = 30.0,
+        connectTimeout: float = 30.0,
+        idleTimeout: float | None = None,
+        finWaitTimeout: float | None = 120.0,
+        maxConnections: int | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if authenticators is None:
+            authenticators = [NoAuthentication()]
+        if not authenticators:
+            raise ValueError("at least one authenticator is needed")
+        self.authenticators = list(authenticators)
+        self.checkers = checkersForRFC1929(checkers)
+        if any(a.usesCredentials for a in self.authenticators) and not self.checkers:
+            raise ValueError("username/password authentication needs at least one checker")
+        self.clock: IReactorTime = reactor
+        if outbound is None:
+            outbound = DirectOutbound(reactor, connectTimeout)
+        self.outbound = outbound
+        self.negotiateTimeout = negotiateTimeout
+        self.idleTimeout = idleTimeout
+        self.finWaitTimeout = finWaitTimeout
+        self.maxConnections = maxConnections
+        self.counters = Counters()
+
+    def buildProtocol(self, addr: IAddress | None) -> SOCKS5ServerProtocol | None:  # type: ignore[override]
+        """A protocol for a new client, or C{None} (close) if at the limit."""
+        if self.maxConnections is not None and self.counters.active >= self.maxConnections:
+            log.warn(
+                "Refused {client}: {limit} connections already open",
+                client=describeAddress(addr) if addr is not None else "?",
+                limit=self.maxConnections,
+            )
+            return None
+        protocol = self.protocol()
+        protocol.factory = self
+        return protocol  # type: ignore[return-value]

@@ -1,0 +1,151 @@
+"""
+The C{twistd socks5} command line: L{Options} and L{makeService}.
+
+Another program can build the same service from the same words::
+
+    options = Options()
+    options.parseOptions(["--port", "tcp6:1080", "--auth", "file:/etc/txsocks5.users"])
+    makeService(options).setServiceParent(application)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.python import usage
+
+from txsocks5.auth import availableAuthenticators
+from txsocks5.server import SOCKS5Factory
+from txsocks5.service import SOCKS5Service
+
+__all__ = ["Options", "makeService", "portDescription"]
+
+DEFAULT_PORT = "1080"
+
+
+def portDescription(port: str) -> str:
+    """
+    An endpoint description for C{--port}: a bare number means that port on
+    the IPv4 loopback address (like Twisted's own C{socks} plugin);
+    anything else is an endpoint description as it is.
+    """
+    if port.isdigit():
+        return f"tcp:{int(port)}:interface={quoteStringArgument('127.0.0.1')}"
+    return port
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"not a number of seconds: {value!r}")
+    return seconds
+
+
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return count
+
+
+def _positiveSeconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError("must be more than 0")
+    return seconds
+
+
+_seconds.coerceDoc = "Seconds; 0 turns it off."  # type: ignore[attr-defined]
+_positiveSeconds.coerceDoc = "Seconds."  # type: ignore[attr-defined]
+_count.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    """Options of C{twistd socks5}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A SOCKS5 proxy server (RFC 1928, RFC 1929). With no options it serves "
+        "clients without authentication on 127.0.0.1:1080. Give --auth to require "
+        "a username and password (RFC 1929), e.g. --auth file:/etc/txsocks5.users "
+        "or --auth memory:alice:secret; see --help-auth."
+    )
+    supportedInterfaces = [IUsernamePassword]
+
+    optParameters = [
+        ["negotiate-timeout", None, 30.0, "Seconds to complete greeting, login and request.", _seconds],
+        ["connect-timeout", None, 30.0, "Seconds a CONNECT may take, resolution included.", _positiveSeconds],
+        ["idle-timeout", None, 0.0, "Seconds a tunnel may carry no data before it is closed.", _seconds],
+        ["fin-wait-timeout", None, 120.0, "Seconds a tunnel may stay half-closed.", _seconds],
+        ["max-connections", None, 0, "Clients served at once; more are refused at accept.", _count],
+    ]
+    optFlags = [
+        ["allow-no-auth", None, "With --auth, also let clients in without authentication."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["ports"] = []
+        self["methods"] = []
+
+    def opt_port(self, description: str) -> None:
+        """Where to listen: an endpoint description (tcp6:1080, ssl:1080:privateKey=key.pem, ...) or a bare port number on 127.0.0.1. Repeatable. [default: 1080]"""  # noqa: E501
+        self["ports"].append(portDescription(description))
+
+    opt_p = opt_port
+
+    def opt_method(self, name: str) -> None:
+        """Offer an authentication method by name (username, none, ...), most preferred first. Repeatable. [default: username with --auth, none without]"""  # noqa: E501
+        available = availableAuthenticators()
+        if name not in available:
+            raise usage.UsageError(f"unknown method {name!r}; available: {', '.join(sorted(available))}")
+        self["methods"].append(available[name])
+
+    def postOptions(self) -> None:
+        """Check the options and fill in defaults."""
+        from twisted.internet import reactor
+
+        if not self["ports"]:
+            self["ports"].append(portDescription(DEFAULT_PORT))
+        endpoints: list[IStreamServerEndpoint] = []
+        for description in self["ports"]:
+            try:
+                endpoints.append(serverFromString(reactor, description))
+            except Exception as e:
+                raise usage.UsageError(f"--port {description}: {e}") from None
+        self["endpoints"] = endpoints
+
+        checkers = self.get("credCheckers", [])
+        methods = self["methods"]
+        if not methods:
+            available = availableAuthenticators()
+            methods.append(available["username" if checkers else "none"])
+            if checkers and self["allow-no-auth"]:
+                methods.append(available["none"])
+        elif self["allow-no-auth"]:
+            raise usage.UsageError("--allow-no-auth and --method do not mix: list the methods")
+        if any(m.usesCredentials for m in methods) and not checkers:
+            raise usage.UsageError("username/password authentication needs --auth")
+        if checkers and not any(m.usesCredentials for m in methods):
+            raise usage.UsageError("--auth is given but no method offered uses it")
+
+
+def makeService(options: Options | dict[str, Any]) -> SOCKS5Service:
+    """Build the service that C{twistd socks5} runs from parsed L{Options}."""
+    from twisted.internet import reactor
+
+    factory = SOCKS5Factory(
+        authenticators=options["methods"],
+        checkers=options.get("credCheckers", []),
+        reactor=reactor,
+        negotiateTimeout=options["negotiate-timeout"] or None,
+        connectTimeout=options["connect-timeout"],
+        idleTimeout=options["idle-timeout"] or None,
+        finWaitTimeout=options["fin-wait-timeout"] or None,
+        maxConnections=options["max-connections"] or None,
+    )
+    return SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True)
