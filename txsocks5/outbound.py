@@ -28,7 +28,8 @@ __all__ = ["DirectOutbound", "replyForFailure"]
 
 
 _TIMEOUTS = (
-    error.TimeoutError,  # includes TCPTimedOutError (ETIMEDOUT)
+    error.TimeoutError,
+    error.TCPTimedOutError,  # ETIMEDOUT
     defer.TimeoutError,
     error.ConnectingCancelledError,  # what Deferred.addTimeout really fails with
 )
@@ -100,6 +101,7 @@ class DirectOutbound:
         endpoint: IStreamClientEndpoint
         if ip is None:
             try:
+                host.encode("idna")
                 endpoint = HostnameEndpoint(
                     self._reactor,
                     host,

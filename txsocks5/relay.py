@@ -60,6 +60,8 @@ class TCPRelay:
         self._finWaitTimeout = finWaitTimeout
         self._upEnded = False
         self._downEnded = False
+        self._clientProduces = False  # registered as the target's producer
+        self._targetProduces = False
         self._finished = False
         self._idleCall: IDelayedCall | None = None
         self._finWaitCall: IDelayedCall | None = None
@@ -75,6 +77,7 @@ class TCPRelay:
         """
         self.target.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.target, True)  # type: ignore[attr-defined]
+        self._clientProduces = self._targetProduces = True
         if pending:
             self.clientData(pending)
         if self._idleTimeout:
@@ -99,7 +102,7 @@ class TCPRelay:
             return
         self._upEnded = True
         # Nothing more will be read from the client: stop it being resumed.
-        self.target.unregisterProducer()  # type: ignore[attr-defined]
+        self._stopClientProducing()
         _shutdownWrite(self.target)
         self._halfClosed()
 
@@ -108,7 +111,7 @@ class TCPRelay:
         if self._downEnded or self._finished:
             return
         self._downEnded = True
-        self.client.unregisterProducer()  # type: ignore[attr-defined]
+        self._stopTargetProducing()
         _shutdownWrite(self.client)
         self._halfClosed()
 
@@ -140,8 +143,18 @@ class TCPRelay:
                 call.cancel()
         self._idleCall = self._finWaitCall = None
         # loseConnection waits for a registered producer: let go of them.
-        self.client.unregisterProducer()  # type: ignore[attr-defined]
-        self.target.unregisterProducer()  # type: ignore[attr-defined]
+        self._stopClientProducing()
+        self._stopTargetProducing()
+
+    def _stopClientProducing(self) -> None:
+        if self._clientProduces:
+            self._clientProduces = False
+            self.target.unregisterProducer()  # type: ignore[attr-defined]
+
+    def _stopTargetProducing(self) -> None:
+        if self._targetProduces:
+            self._targetProduces = False
+            self.client.unregisterProducer()  # type: ignore[attr-defined]
 
     def _checkIdle(self) -> None:
         total = self.bytesUp + self.bytesDown

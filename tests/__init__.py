@@ -1,0 +1,1 @@
+"""Tests for txsocks5 (run with: python -m twisted.trial tests)."""

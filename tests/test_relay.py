@@ -1,0 +1,154 @@
+"""Unit tests of L{txsocks5.relay}: half-close, timeouts and producers."""
+
+from __future__ import annotations
+
+from twisted.internet import error
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import HalfCloseableStringTransport
+from txsocks5.relay import TargetProtocol, TCPRelay
+
+
+class RelayTests(SynchronousTestCase):
+    """L{TCPRelay} between two string transports."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = HalfCloseableStringTransport()
+        self.target = HalfCloseableStringTransport()
+
+    def start(self, **kwargs: float) -> TCPRelay:
+        relay = TCPRelay(self.client, self.target, self.clock, **kwargs)
+        relay.start()
+        return relay
+
+    def test_producers(self) -> None:
+        """Each side is the streaming producer of the other."""
+        self.start()
+        self.assertIs(self.target.producer, self.client)
+        self.assertTrue(self.target.streaming)
+        self.assertIs(self.client.producer, self.target)
+        self.assertTrue(self.client.streaming)
+
+    def test_counts(self) -> None:
+        relay = self.start()
+        relay.clientData(b"abc")
+        relay.targetData(b"defgh")
+        self.assertEqual((relay.bytesUp, relay.bytesDown), (3, 5))
+        self.assertEqual(self.target.value(), b"abc")
+        self.assertEqual(self.client.value(), b"defgh")
+
+    def test_clientHalfClose(self) -> None:
+        """
+        A client FIN half-closes the target; data still flows down until the
+        target ends too, and then both close.
+        """
+        relay = self.start()
+        relay.clientReadClosed()
+        self.assertTrue(self.target.writeClosed)
+        self.assertFalse(self.client.disconnecting)
+        relay.targetData(b"still coming")
+        self.assertEqual(self.client.value(), b"still coming")
+        relay.targetReadClosed()
+        self.assertTrue(self.client.disconnecting)
+        self.assertTrue(self.target.disconnecting)
+        self.assertIsNone(self.client.producer)
+        self.assertIsNone(self.target.producer)
+
+    def test_targetHalfClose(self) -> None:
+        relay = self.start()
+        relay.targetReadClosed()
+        self.assertTrue(self.client.writeClosed)
+        relay.clientData(b"more")
+        self.assertEqual(self.target.value(), b"more")
+        self.assertFalse(self.target.disconnecting)
+
+    def test_halfCloseTwice(self) -> None:
+        """A repeated FIN report does nothing more."""
+        relay = self.start(finWaitTimeout=10)
+        relay.clientReadClosed()
+        relay.clientReadClosed()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_finWaitTimeout(self) -> None:
+        relay = self.start(finWaitTimeout=10)
+        relay.clientReadClosed()
+        self.clock.advance(10)
+        self.assertTrue(self.client.aborted)
+        self.assertTrue(self.target.aborted)
+        self.assertEqual(relay.closeReason, "fin-wait timeout")
+
+    def test_finWaitCancelled(self) -> None:
+        relay = self.start(finWaitTimeout=10)
+        relay.clientReadClosed()
+        relay.targetReadClosed()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idleTimeout(self) -> None:
+        """A tunnel with no traffic for the idle timeout is cut."""
+        relay = self.start(idleTimeout=5)
+        self.clock.advance(5)
+        self.assertFalse(self.client.aborted)
+        self.clock.advance(5)
+        self.assertTrue(self.client.aborted)
+        self.assertEqual(relay.closeReason, "idle timeout")
+
+    def test_idleTimeoutTraffic(self) -> None:
+        """Traffic between checks keeps the tunnel open."""
+        relay = self.start(idleTimeout=5)
+        for _ in range(10):
+            relay.clientData(b"x")
+            self.clock.advance(5)
+        self.assertFalse(self.client.aborted)
+
+    def test_clientLost(self) -> None:
+        """When the client goes, the target is closed after its pending data."""
+        relay = self.start(idleTimeout=5)
+        relay.clientLost()
+        self.assertTrue(self.target.disconnecting)
+        self.assertIsNone(self.target.producer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_targetLost(self) -> None:
+        relay = self.start()
+        relay.targetLost()
+        self.assertTrue(self.client.disconnecting)
+        self.assertIsNone(self.client.producer)
+
+    def test_pendingAndEnded(self) -> None:
+        """Bytes the client sent early go first; an early FIN follows them."""
+        relay = TCPRelay(self.client, self.target, self.clock)
+        relay.start(b"early", clientEnded=True)
+        self.assertEqual(self.target.value(), b"early")
+        self.assertTrue(self.target.writeClosed)
+
+
+class TargetProtocolTests(SynchronousTestCase):
+    """L{TargetProtocol} keeps what arrives before its relay."""
+
+    def test_early(self) -> None:
+        protocol = TargetProtocol()
+        target = HalfCloseableStringTransport()
+        protocol.makeConnection(target)
+        protocol.dataReceived(b"banner ")
+        protocol.dataReceived(b"line")
+        protocol.readConnectionLost()
+        client = HalfCloseableStringTransport()
+        relay = TCPRelay(client, target, Clock())
+        relay.start()
+        protocol.attach(relay)
+        self.assertEqual(client.value(), b"banner line")
+        self.assertEqual(relay.bytesDown, 11)
+        self.assertTrue(client.writeClosed)
+
+    def test_earlyLost(self) -> None:
+        protocol = TargetProtocol()
+        target = HalfCloseableStringTransport()
+        protocol.makeConnection(target)
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        client = HalfCloseableStringTransport()
+        relay = TCPRelay(client, target, Clock())
+        protocol.attach(relay)
+        self.assertTrue(client.disconnecting)

@@ -1,0 +1,383 @@
+"""
+Unit tests of the SOCKS5 state machine in L{txsocks5.server}, without
+sockets: string transports, a fake outbound and a fake clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import FakeOutbound, HalfCloseableStringTransport
+from txsocks5 import wire
+from txsocks5.auth import NoAuthentication, UsernamePasswordAuthentication
+from txsocks5.server import ERROR_LINGER, SOCKS5Factory, SOCKS5ServerProtocol
+
+CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
+GREETING = b"\x05\x01\x00"
+CONNECT = wire.Request(wire.Command.CONNECT, wire.Address.fromHost("192.0.2.7", 80)).encode()
+
+
+class ServerTestCase(SynchronousTestCase):
+    """Builds a factory on a fake clock and connects protocols to string transports."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.outbound = FakeOutbound()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def makeFactory(self, **kwargs: Any) -> SOCKS5Factory:
+        kwargs.setdefault("outbound", self.outbound)
+        return SOCKS5Factory(reactor=self.clock, **kwargs)
+
+    def connect(
+        self, factory: SOCKS5Factory | None = None, peer: Any = CLIENT
+    ) -> tuple[SOCKS5ServerProtocol, HalfCloseableStringTransport]:
+        factory = factory or self.makeFactory()
+        protocol = factory.buildProtocol(peer)
+        assert protocol is not None
+        transport = HalfCloseableStringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def sessionEvents(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("log_namespace") == "txsocks5.session"]
+
+
+class NegotiationTests(ServerTestCase):
+    """Greeting, method selection and request parsing."""
+
+    def test_connectSucceeds(self) -> None:
+        """
+        A CONNECT gets a success reply carrying the outbound socket's local
+        address, only once the outbound connection exists.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING)
+        self.assertEqual(transport.value(), b"\x05\x00")
+        transport.clear()
+        protocol.dataReceived(CONNECT)
+        [(address, _, _)] = self.outbound.attempts
+        self.assertEqual(address, wire.Address.fromHost("192.0.2.7", 80))
+        self.assertEqual(transport.value(), b"")
+        self.outbound.succeed(local=IPv4Address("TCP", "10.1.2.3", 40000))
+        self.assertEqual(transport.value(), b"\x05\x00\x00\x01\x0a\x01\x02\x03\x9c\x40")
+
+    def test_bindAddressIPv6(self) -> None:
+        """An IPv6 outbound socket gives an ATYP 4 reply."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        transport.clear()
+        _, factory, d = self.outbound.attempts[0]
+        target = factory.buildProtocol(None)
+        targetTransport = HalfCloseableStringTransport(hostAddress=IPv6Address("TCP", "::1", 443))
+        target.makeConnection(targetTransport)
+        d.callback(target)
+        self.assertEqual(transport.value(), b"\x05\x00\x00\x04" + b"\x00" * 15 + b"\x01\x01\xbb")
+
+    def test_byteByByte(self) -> None:
+        """The handshake works when it arrives one byte at a time."""
+        protocol, transport = self.connect()
+        for byte in GREETING + CONNECT:
+            protocol.dataReceived(bytes([byte]))
+        self.assertEqual(len(self.outbound.attempts), 1)
+        _, target = self.outbound.succeed()
+        protocol.dataReceived(b"hello")
+        self.assertEqual(target.value(), b"hello")
+
+    def test_pipelinedData(self) -> None:
+        """Data sent with the request, before the reply, reaches the target."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT + b"early data")
+        self.assertEqual(transport.producerState, "paused")
+        _, target = self.outbound.succeed()
+        self.assertEqual(target.value(), b"early data")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_relayBothWays(self) -> None:
+        """After the reply, bytes flow both ways with producers registered."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        targetProtocol, target = self.outbound.succeed()
+        transport.clear()
+        protocol.dataReceived(b"up")
+        targetProtocol.dataReceived(b"down")
+        self.assertEqual(target.value(), b"up")
+        self.assertEqual(transport.value(), b"down")
+        self.assertIs(target.producer, transport)
+        self.assertIs(transport.producer, target)
+
+    def test_wrongVersion(self) -> None:
+        """A greeting that is not SOCKS5 is closed without a reply."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
+    def test_noMethods(self) -> None:
+        """NMETHODS=0 is answered 0xFF, then the connection closes."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x05\x00")
+        self.assertEqual(transport.value(), b"\x05\xff")
+        self.assertTrue(transport.disconnecting)
+
+    def test_noAcceptableMethod(self) -> None:
+        """A client that cannot do any offered method gets 0xFF."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x05\x02\x01\x02")
+        self.assertEqual(transport.value(), b"\x05\xff")
+        self.assertTrue(transport.disconnecting)
+
+    def test_unsupportedCommands(self) -> None:
+        """BIND, UDP ASSOCIATE (until implemented) and unknown CMDs get 0x07."""
+        for command in (2, 3, 9):
+            protocol, transport = self.connect()
+            request = wire.Request(command, wire.Address.fromHost("192.0.2.7", 80))
+            protocol.dataReceived(GREETING + request.encode())
+            self.assertEqual(transport.value()[2:4], b"\x05\x07")
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.outbound.attempts, [])
+
+    def test_unknownAddressType(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + b"\x05\x01\x00\x07\x01\x02\x03\x04\x00\x50")
+        self.assertEqual(transport.value()[2:], b"\x05\x08\x00\x01\x00\x00\x00\x00\x00\x00")
+        self.assertTrue(transport.disconnecting)
+
+    def test_requestWrongVersion(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + b"\x04\x01\x00\x01\x01\x02\x03\x04\x00\x50")
+        self.assertEqual(transport.value()[2:4], b"\x05\x01")
+
+    def test_clientClosesDuringNegotiation(self) -> None:
+        """A FIN mid-handshake closes the connection: nothing more can come."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x05\x01")
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+    def test_clientFinAfterPipelinedRequest(self) -> None:
+        """
+        A client that sends its request and data and then a FIN still gets
+        its data delivered and the FIN passed on.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT + b"last words")
+        protocol.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        _, target = self.outbound.succeed()
+        self.assertEqual(target.value(), b"last words")
+        self.assertTrue(target.writeClosed)
+
+    def test_clientGoneWhileConnecting(self) -> None:
+        """The attempt is cancelled and nothing is written when the client leaves."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        transport.clear()
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(self.outbound.cancelled, [wire.Address.fromHost("192.0.2.7", 80)])
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse([e for e in self.events if e["log_level"] >= LogLevel.error])
+
+
+class FailureReplyTests(ServerTestCase):
+    """A failed CONNECT is answered with the matching REP, then closed."""
+
+    def assertReplyFor(self, exception: Exception, rep: int) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        transport.clear()
+        self.outbound.attempts[-1][2].errback(exception)
+        self.assertEqual(transport.value(), bytes([5, rep, 0, 1, 0, 0, 0, 0, 0, 0]))
+        self.assertTrue(transport.disconnecting)
+
+    def test_refused(self) -> None:
+        self.assertReplyFor(error.ConnectionRefusedError(), 0x05)
+
+    def test_unresolvable(self) -> None:
+        self.assertReplyFor(error.DNSLookupError("no such name"), 0x04)
+
+    def test_networkUnreachable(self) -> None:
+        self.assertReplyFor(error.NoRouteError(), 0x03)
+
+    def test_timeout(self) -> None:
+        self.assertReplyFor(error.TimeoutError(), 0x06)
+
+    def test_other(self) -> None:
+        self.assertReplyFor(RuntimeError("surprise"), 0x01)
+
+    def test_lingerLimit(self) -> None:
+        """A client that never reads its error reply is cut off in 10 seconds."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        self.outbound.attempts[-1][2].errback(error.ConnectionRefusedError())
+        self.clock.advance(ERROR_LINGER)
+        self.assertTrue(transport.aborted)
+
+
+class TimeoutTests(ServerTestCase):
+    """Negotiation timeout."""
+
+    def test_negotiationTimeout(self) -> None:
+        """A client that stalls mid-handshake is dropped."""
+        protocol, transport = self.connect(self.makeFactory(negotiateTimeout=5))
+        protocol.dataReceived(b"\x05\x01")
+        self.clock.advance(4.9)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(Failure(error.ConnectionAborted()))
+        [event] = self.sessionEvents()
+        self.assertEqual(event["outcome"], "negotiation timeout")
+
+    def test_noTimeoutOnceRelaying(self) -> None:
+        """The negotiation timer stops once the request is in."""
+        protocol, transport = self.connect(self.makeFactory(negotiateTimeout=5))
+        protocol.dataReceived(GREETING + CONNECT)
+        self.outbound.succeed()
+        self.clock.advance(100)
+        self.assertFalse(transport.aborted)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AuthenticationTests(ServerTestCase):
+    """RFC 1929 username/password through twisted.cred checkers."""
+
+    def authFactory(self, checker: Any, allowNone: bool = False) -> SOCKS5Factory:
+        methods: list[Any] = [UsernamePasswordAuthentication()]
+        if allowNone:
+            methods.append(NoAuthentication())
+        return self.makeFactory(authenticators=methods, checkers=[checker])
+
+    def memoryChecker(self) -> Any:
+        return strcred.makeChecker("memory:alice:secret")
+
+    def test_goodPassword(self) -> None:
+        protocol, transport = self.connect(self.authFactory(self.memoryChecker()))
+        protocol.dataReceived(b"\x05\x02\x00\x02")
+        self.assertEqual(transport.value(), b"\x05\x02")
+        transport.clear()
+        protocol.dataReceived(wire.AuthRequest(b"alice", b"secret").encode() + CONNECT)
+        self.assertEqual(transport.value(), b"\x01\x00")
+        self.assertEqual(len(self.outbound.attempts), 1)
+        self.assertEqual(protocol.session.user, "alice")
+
+    def test_wrongPassword(self) -> None:
+        """A wrong password is answered with a failure status and a close."""
+        protocol, transport = self.connect(self.authFactory(self.memoryChecker()))
+        protocol.dataReceived(b"\x05\x01\x02" + wire.AuthRequest(b"alice", b"guess").encode() + CONNECT)
+        self.assertEqual(transport.value(), b"\x05\x02\x01\x01")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.outbound.attempts, [])
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        for event in self.events:
+            self.assertNotIn("guess", repr(event))
+
+    def test_unknownUser(self) -> None:
+        protocol, transport = self.connect(self.authFactory(self.memoryChecker()))
+        protocol.dataReceived(b"\x05\x01\x02" + wire.AuthRequest(b"mallory", b"secret").encode())
+        self.assertEqual(transport.value(), b"\x05\x02\x01\x01")
+
+    def test_bytesChecker(self) -> None:
+        """A checker keyed by bytes (as FilePasswordDB is) works too."""
+        checker = InMemoryUsernamePasswordDatabaseDontUse(bob=b"pw")
+        checker.users = {b"bob": b"pw"}
+        protocol, transport = self.connect(self.authFactory(checker))
+        protocol.dataReceived(b"\x05\x01\x02" + wire.AuthRequest(b"bob", b"pw").encode())
+        self.assertEqual(transport.value(), b"\x05\x02\x01\x00")
+
+    def test_badSubnegotiationVersion(self) -> None:
+        protocol, transport = self.connect(self.authFactory(self.memoryChecker()))
+        protocol.dataReceived(b"\x05\x01\x02\x05\x01a\x01b")
+        self.assertEqual(transport.value(), b"\x05\x02\x01\x01")
+        self.assertTrue(transport.disconnecting)
+
+    def test_noAuthNotOfferedWithCredentials(self) -> None:
+        """With credentials configured, a client offering only 0x00 is refused."""
+        protocol, transport = self.connect(self.authFactory(self.memoryChecker()))
+        protocol.dataReceived(GREETING)
+        self.assertEqual(transport.value(), b"\x05\xff")
+
+    def test_preference(self) -> None:
+        """When both are allowed, a client offering both must authenticate."""
+        factory = self.authFactory(self.memoryChecker(), allowNone=True)
+        protocol, transport = self.connect(factory)
+        protocol.dataReceived(b"\x05\x02\x00\x02")
+        self.assertEqual(transport.value(), b"\x05\x02")
+        protocol, transport = self.connect(factory)
+        protocol.dataReceived(GREETING)
+        self.assertEqual(transport.value(), b"\x05\x00")
+
+    def test_needsChecker(self) -> None:
+        self.assertRaises(ValueError, self.makeFactory, authenticators=[UsernamePasswordAuthentication()])
+
+
+class AccountingTests(ServerTestCase):
+    """One structured log event per finished session."""
+
+    def test_sessionEvent(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT + b"12345")
+        targetProtocol, target = self.outbound.succeed()
+        targetProtocol.dataReceived(b"abc")
+        self.clock.advance(2)
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        [event] = self.sessionEvents()
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(
+            {k: event[k] for k in ("outcome", "client", "command", "destination", "bytesUp", "bytesDown")},
+            {
+                "outcome": "succeeded",
+                "client": "127.0.0.1:50000",
+                "command": "connect",
+                "destination": "192.0.2.7:80",
+                "bytesUp": 5,
+                "bytesDown": 3,
+            },
+        )
+        self.assertEqual(event["duration"], 2)
+        self.assertTrue(target.disconnecting)
+
+    def test_refusedOutcome(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        self.outbound.attempts[0][2].errback(error.ConnectionRefusedError())
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        [event] = self.sessionEvents()
+        self.assertEqual(event["outcome"], "connection refused")
+
+    def test_mappedClientAddress(self) -> None:
+        """Clients on a dual-stack socket are logged as plain IPv4."""
+        protocol, transport = self.connect(peer=IPv6Address("TCP", "::ffff:10.0.0.9", 1234))
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        [event] = self.sessionEvents()
+        self.assertEqual(event["client"], "10.0.0.9:1234")
+
+    def test_noErrorsForGarbage(self) -> None:
+        """Garbage is closed quietly: nothing at error level."""
+        for junk in (b"\xff" * 50, b"GET / HTTP/1.0\r\n\r\n", b"\x05\x01\x00\x05\x01\x00\x09"):
+            protocol, transport = self.connect()
+            protocol.dataReceived(junk)
+            protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertFalse([e for e in self.events if e["log_level"] >= LogLevel.error])
+
+
+class LimitTests(ServerTestCase):
+    """maxConnections."""
+
+    def test_maxConnections(self) -> None:
+        factory = self.makeFactory(maxConnections=1)
+        protocol, _ = self.connect(factory)
+        self.assertIsNone(factory.buildProtocol(CLIENT))
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertIsNotNone(factory.buildProtocol(CLIENT))
