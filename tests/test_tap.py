@@ -59,6 +59,7 @@ class OptionsTests(SynchronousTestCase):
             ["--connect-timeout", "0"],
             ["--negotiate-timeout", "nan"],
             ["--auth", "memory:odd"],
+            ["--auth", "file:/nonexistent/txsocks5.users"],
         ):
             self.assertRaises(UsageError, parse, *args)
 

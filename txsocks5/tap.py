@@ -10,9 +10,11 @@ Another program can build the same service from the same words::
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.cred import strcred
+from twisted.cred.checkers import FilePasswordDB
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -120,6 +122,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["endpoints"] = endpoints
 
         checkers = self.get("credCheckers", [])
+        for checker in checkers:
+            if isinstance(checker, FilePasswordDB) and not os.access(checker.filename, os.R_OK):
+                raise usage.UsageError(f"--auth file:{checker.filename}: cannot read the file")
         methods = self["methods"]
         if not methods:
             available = availableAuthenticators()
