@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import error
@@ -381,3 +383,38 @@ class LimitTests(ServerTestCase):
         self.assertIsNone(factory.buildProtocol(CLIENT))
         protocol.connectionLost(Failure(error.ConnectionDone()))
         self.assertIsNotNone(factory.buildProtocol(CLIENT))
+
+
+class FuzzTests(ServerTestCase):
+    """No input, in any chunking, makes the protocol raise or log an error."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from([GREETING, b"\x05\x01\x02", CONNECT, b"\x01\x05alice\x06secret"]),
+            ),
+            max_size=8,
+        ),
+        st.booleans(),
+    )
+    def test_anyInput(self, chunks: list[bytes], withAuth: bool) -> None:
+        if withAuth:
+            factory = self.makeFactory(
+                authenticators=[UsernamePasswordAuthentication(), NoAuthentication()],
+                checkers=[strcred.makeChecker("memory:alice:secret")],
+            )
+        else:
+            factory = self.makeFactory()
+        protocol, transport = self.connect(factory)
+        for chunk in chunks:
+            if transport.disconnecting:
+                break
+            protocol.dataReceived(chunk)
+        for attempt in self.outbound.attempts:
+            if not attempt[2].called:
+                attempt[2].errback(error.ConnectionRefusedError())
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.clock.advance(60)
+        self.assertFalse([e for e in self.events if e["log_level"] >= LogLevel.error])
