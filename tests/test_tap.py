@@ -20,14 +20,19 @@ class OptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         options = parse()
-        self.assertEqual(options["ports"], ["tcp:1080:interface=127.0.0.1"])
+        self.assertEqual(options["ports"], ["tcp:1080:interface=127.0.0.1:backlog=1024"])
         self.assertEqual([m.name for m in options["methods"]], ["none"])
         self.assertEqual(options["negotiate-timeout"], 30.0)
         self.assertEqual(options["idle-timeout"], 0.0)
 
     def test_barePort(self) -> None:
-        self.assertEqual(portDescription("1081"), "tcp:1081:interface=127.0.0.1")
-        self.assertEqual(portDescription("tcp6:1080"), "tcp6:1080")
+        self.assertEqual(portDescription("1081"), "tcp:1081:interface=127.0.0.1:backlog=1024")
+
+    def test_backlog(self) -> None:
+        """Stream listeners get a deep listen queue unless they name one."""
+        self.assertEqual(portDescription("tcp6:1080"), "tcp6:1080:backlog=1024")
+        self.assertEqual(portDescription("tcp:1080:backlog=5"), "tcp:1080:backlog=5")
+        self.assertEqual(portDescription("systemd:domain=INET:index=0"), "systemd:domain=INET:index=0")
 
     def test_repeatedPorts(self) -> None:
         options = parse("--port", "1080", "-p", r"tcp6:1080:interface=\:\:1")

@@ -29,14 +29,26 @@ __all__ = ["Options", "makeService", "portDescription"]
 DEFAULT_PORT = "1080"
 
 
+#: The listen queue asked for when a description does not say: Twisted's
+#: default of 50 overflows under bursts of connections, and each overflow
+#: costs a client a one-second SYN retry.
+DEFAULT_BACKLOG = 1024
+
+_BACKLOG_TYPES = {"tcp", "tcp6", "ssl", "unix"}
+
+
 def portDescription(port: str) -> str:
     """
     An endpoint description for C{--port}: a bare number means that port on
-    the IPv4 loopback address (like Twisted's own C{socks} plugin);
-    anything else is an endpoint description as it is.
+    the IPv4 loopback address (like Twisted's own C{socks} plugin); anything
+    else is an endpoint description as it is.  Stream types that take a
+    C{backlog} get L{DEFAULT_BACKLOG} unless they name one.
     """
     if port.isdigit():
-        return f"tcp:{int(port)}:interface={quoteStringArgument('127.0.0.1')}"
+        port = f"tcp:{int(port)}:interface={quoteStringArgument('127.0.0.1')}"
+    kind = port.split(":", 1)[0]
+    if kind in _BACKLOG_TYPES and "backlog=" not in port:
+        port = f"{port}:backlog={DEFAULT_BACKLOG}"
     return port
 
 
