@@ -221,6 +221,17 @@ class AddressTests(SynchronousTestCase):
         self.assertRaises(ValueError, Address, AddressType.DOMAIN, "", 1)
         self.assertRaises(ValueError, Address, AddressType.DOMAIN, "a" * 256, 1)
 
+    def test_strEscapes(self) -> None:
+        """Names that are not UTF-8 or hold control characters print safely."""
+        raw = wire.Address(AddressType.DOMAIN, b"\xff\x1b[31mx\n".decode("utf-8", "surrogateescape"), 1)
+        self.assertEqual(str(raw), "\\xff\\x1b[31mx\\n:1")
+        str(raw).encode("utf-8")
+        self.assertEqual(str(Address.fromHost("bücher.test", 1)), "bücher.test:1")
+
+    @given(addresses())
+    def test_strAlwaysEncodes(self, address: Address) -> None:
+        self.assertTrue(str(address).encode("utf-8").isascii() or str(address).isprintable())
+
     def test_str(self) -> None:
         self.assertEqual(str(Address.fromHost("::1", 80)), "[::1]:80")
         self.assertEqual(str(Address.fromHost("a.test", 80)), "a.test:80")

@@ -169,8 +169,11 @@ class Address:
         return bytes([AddressType.DOMAIN, len(name)]) + name + struct.pack("!H", self.port)
 
     def __str__(self) -> str:
+        """C{host:port} (C{[v6]:port}), with a domain name made safe to log."""
         if self.type == AddressType.IPV6:
             return f"[{self.host}]:{self.port}"
+        if self.type == AddressType.DOMAIN:
+            return f"{_printable(self.host)}:{self.port}"
         return f"{self.host}:{self.port}"
 
 
@@ -275,6 +278,17 @@ class UDPHeader:
     def encode(self) -> bytes:
         """The header on the wire (the payload follows it)."""
         return b"\x00\x00" + bytes([self.fragment]) + self.address.encode()
+
+
+def _printable(name: str) -> str:
+    """
+    C{name} as valid, printable text: bytes that were not UTF-8 and control
+    characters become backslash escapes.
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _encodeDomain(host: str) -> bytes:
