@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
-from twisted.internet.testing import StringTransport
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IHostnameResolver, IProtocol, IProtocolFactory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from txsocks5 import wire
@@ -56,3 +59,80 @@ class FakeOutbound:
         protocol.makeConnection(transport)
         d.callback(protocol)
         return protocol, transport
+
+
+class FakeDatagramPort:
+    """A bound UDP socket that records what is written to it."""
+
+    def __init__(self, reactor: FakeUDPReactor, port: int, protocol: Any, interface: str) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.listening = True
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((datagram, addr))
+
+    def stopListening(self) -> None:
+        if self.listening:
+            self.listening = False
+            self.protocol.doStop()
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        if ":" in self.interface:
+            return IPv6Address("UDP", self.interface, self.port)
+        return IPv4Address("UDP", self.interface, self.port)
+
+
+@implementer(IHostnameResolver)
+class FakeResolver:
+    """Resolves names only when the test says, to addresses the test gives."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Any]] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        self.pending.append((hostName, resolutionReceiver))
+        resolutionReceiver.resolutionBegan(None)
+        return resolutionReceiver
+
+    def resolve(self, name: str, *hosts: str) -> None:
+        """Complete every pending resolution of C{name} with C{hosts}."""
+        for pendingName, receiver in list(self.pending):
+            if pendingName == name:
+                self.pending.remove((pendingName, receiver))
+                for host in hosts:
+                    kind = IPv6Address if ":" in host else IPv4Address
+                    receiver.addressResolved(kind("UDP", host, 0))
+                receiver.resolutionComplete()
+
+
+class FakeUDPReactor(MemoryReactorClock):
+    """A memory reactor that binds fake UDP ports and resolves with L{FakeResolver}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpPorts: list[FakeDatagramPort] = []
+        self.busyPorts: set[int] = set()
+        self.nameResolver = FakeResolver()  # type: ignore[assignment]
+        self._nextPort = 40000
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        if port in self.busyPorts:
+            raise CannotListenError(interface, port, OSError("in use"))
+        if port == 0:
+            self._nextPort += 1
+            port = self._nextPort
+        bound = FakeDatagramPort(self, port, protocol, interface)
+        self.udpPorts.append(bound)
+        protocol.makeConnection(bound)
+        return bound

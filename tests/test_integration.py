@@ -643,10 +643,6 @@ class RawProtocolTests(IntegrationTestCase):
         """BIND is not supported (yet): 05 07."""
         await self.assertReplyThenClose(encodeRequest(LOOPBACK4, 80, command=2), 7)
 
-    async def test_udpAssociate(self) -> None:
-        """UDP ASSOCIATE is not supported (yet): 05 07."""
-        await self.assertReplyThenClose(encodeRequest("0.0.0.0", 0, command=3), 7)
-
     async def test_unknownAddressType(self) -> None:
         """ATYP 0x05: 05 08, then close."""
         await self.assertReplyThenClose(b"\x05\x01\x00\x05\x7f\x00\x00\x01\x00\x50", 8)

@@ -65,6 +65,10 @@ class OptionsTests(SynchronousTestCase):
             ["--negotiate-timeout", "nan"],
             ["--auth", "memory:odd"],
             ["--auth", "file:/nonexistent/txsocks5.users"],
+            ["--udp-port-range", "2000"],
+            ["--udp-port-range", "3000-2000"],
+            ["--udp-port-range", "0-10"],
+            ["--udp-advertise", "proxy.example"],
         ):
             self.assertRaises(UsageError, parse, *args)
 
@@ -92,3 +96,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(factory.maxConnections, 10)
         self.assertEqual(factory.finWaitTimeout, 120)
         self.assertEqual(len(factory.checkers), 1)
+
+    def test_udpOptions(self) -> None:
+        factory = makeService(
+            parse(
+                "--udp-advertise", "203.0.113.5", "--udp-port-range", "40000-40100", "--udp-idle-timeout", "0"
+            )
+        ).factory
+        self.assertEqual(factory.udpAdvertise, "203.0.113.5")
+        self.assertEqual(factory.udpPortRange, (40000, 40100))
+        self.assertIsNone(factory.udpIdleTimeout)
+        self.assertEqual(factory.maxUDPAssociationsPerClient, 16)

@@ -32,6 +32,9 @@ class Session:
     destination: str | None = None
     bytesUp: int = 0
     bytesDown: int = 0
+    datagramsUp: int | None = None
+    datagramsDown: int | None = None
+    dropped: int | None = None
     outcome: str = "closed during negotiation"
 
 
@@ -53,11 +56,21 @@ class Counters:
         self.outcomes[session.outcome] = self.outcomes.get(session.outcome, 0) + 1
 
 
+_FORMAT = (
+    "session {outcome}: client={client} user={user} command={command} "
+    "destination={destination} up={bytesUp} down={bytesDown} duration={duration:.3f}s"
+)
+_UDP_FORMAT = (
+    "session {outcome}: client={client} user={user} command={command} relay={destination} "
+    "datagrams up={datagramsUp} down={datagramsDown} dropped={dropped} "
+    "bytes up={bytesUp} down={bytesDown} duration={duration:.3f}s"
+)
+
+
 def logSession(session: Session, ended: float) -> None:
     """Emit the one log event that describes a finished session."""
     log.info(
-        "session {outcome}: client={client} user={user} command={command} "
-        "destination={destination} up={bytesUp} down={bytesDown} duration={duration:.3f}s",
+        _FORMAT if session.datagramsUp is None else _UDP_FORMAT,
         outcome=session.outcome,
         client=session.client,
         user=session.user,
@@ -65,5 +78,8 @@ def logSession(session: Session, ended: float) -> None:
         destination=session.destination,
         bytesUp=session.bytesUp,
         bytesDown=session.bytesDown,
+        datagramsUp=session.datagramsUp,
+        datagramsDown=session.datagramsDown,
+        dropped=session.dropped,
         duration=ended - session.started,
     )

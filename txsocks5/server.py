@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -36,6 +37,7 @@ from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.interfaces import AuthOutcome, IAuthenticator, IAuthNegotiation, IOutbound
 from txsocks5.outbound import DirectOutbound, replyForFailure
 from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
+from txsocks5.udp import UDPRelay, listenUDPRelay
 
 __all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "describeAddress"]
 
@@ -89,6 +91,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._negotiation: IAuthNegotiation | None = None
         self._pending: Deferred[Any] | None = None
         self._relay: TCPRelay | None = None
+        self._association: UDPRelay | None = None
         self._timer: IDelayedCall | None = None
         self._paused = False
         self._clientEnded = False
@@ -111,6 +114,8 @@ class SOCKS5ServerProtocol(Protocol):
             relay.bytesUp += len(data)
             relay.target.write(data)
             return
+        if self._step is None:
+            return  # Nothing more is read: closing, or a UDP association's control connection.
         self._buffer += data
         self._advance()
 
@@ -119,7 +124,10 @@ class SOCKS5ServerProtocol(Protocol):
             self._relay.clientReadClosed()
             return
         self._clientEnded = True
-        if self._step is not None:
+        if self._association is not None:
+            # The client is done with the association (RFC 1928 section 7).
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self._step is not None:
             # Waiting for bytes that can no longer come.
             self._close("client closed during negotiation")
 
@@ -140,6 +148,16 @@ class SOCKS5ServerProtocol(Protocol):
             session.bytesUp = relay.bytesUp
             session.bytesDown = relay.bytesDown
             session.outcome = relay.closeReason or "succeeded"
+        association = self._association
+        if association is not None:
+            association.close()
+            self.factory.releaseAssociation(association.clientHost)
+            counters = association.counters
+            session.bytesUp = counters.bytesUp
+            session.bytesDown = counters.bytesDown
+            session.datagramsUp = counters.datagramsUp
+            session.datagramsDown = counters.datagramsDown
+            session.dropped = sum(counters.dropped.values())
         factory = self.factory
         factory.counters.active -= 1
         factory.counters.record(session)
@@ -226,9 +244,56 @@ class SOCKS5ServerProtocol(Protocol):
                 self._connected,
                 self._connectFailed,
             )
+        elif request.command == wire.Command.UDP_ASSOCIATE:
+            self._associate(address)
         else:
             self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)
         return False
+
+    def _associate(self, requested: wire.Address) -> None:
+        """Set up a UDP relay for the client (RFC 1928 section 7)."""
+        factory = self.factory
+        transport = self.transport
+        assert transport is not None
+        peer = transport.getPeer()
+        local = transport.getHost()
+        if not isinstance(getattr(peer, "host", None), str):
+            self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)  # e.g. a UNIX socket client
+            return
+        clientHost = wire.Address.fromHost(peer.host, 0).host  # type: ignore[attr-defined]
+        localHost = wire.Address.fromHost(local.host, 0).host  # type: ignore[attr-defined]
+        refusal = factory.admitAssociation(clientHost)
+        if refusal is not None:
+            log.info(
+                "Refused UDP ASSOCIATE from {client}: {reason}", client=self.session.client, reason=refusal
+            )
+            self._replyError(wire.Reply.GENERAL_FAILURE)
+            return
+        relay = UDPRelay(
+            factory.reactor,
+            clientHost,
+            _expectedClientPort(requested, clientHost),
+            idleTimeout=factory.udpIdleTimeout,
+            onIdle=self._associationIdle,
+        )
+        try:
+            port = listenUDPRelay(factory.reactor, relay, localHost, factory.udpPortRange)
+        except CannotListenError as e:
+            factory.releaseAssociation(clientHost)
+            log.warn("UDP ASSOCIATE for {client} failed: {error}", client=self.session.client, error=str(e))
+            self._replyError(wire.Reply.GENERAL_FAILURE)
+            return
+        self._association = relay
+        self.session.outcome = "succeeded"
+        bound = wire.Address.fromHost(factory.udpAdvertise or localHost, port.getHost().port)  # type: ignore[attr-defined]
+        self.session.destination = str(bound)
+        transport.write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
+        if self._clientEnded:
+            transport.loseConnection()
+
+    def _associationIdle(self) -> None:
+        self.session.outcome = "idle timeout"
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _connected(self, target: TargetProtocol) -> None:
         factory = self.factory
@@ -349,6 +414,21 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
 
+def _expectedClientPort(requested: wire.Address, clientHost: str) -> int | None:
+    """
+    The port a UDP ASSOCIATE client said it will send from, when that can
+    be trusted: a non-zero DST.PORT with DST.ADDR either all zeros or the
+    client's own address.  A client behind NAT names an address we never
+    see; then the port is learned from its first datagram.
+    """
+    if not requested.port or requested.type == wire.AddressType.DOMAIN:
+        return None
+    host = requested.host
+    if host in ("0.0.0.0", "::") or wire.Address.fromHost(host, 0).host == clientHost:
+        return requested.port
+    return None
+
+
 class SOCKS5Factory(Factory):
     """
     Serves SOCKS5 clients.
@@ -370,6 +450,15 @@ class SOCKS5Factory(Factory):
         for ever.
     @param maxConnections: clients served at once; more are closed at
         accept.  C{None} for no limit.
+    @param udpAdvertise: the address put in UDP ASSOCIATE replies instead of
+        the one the relay is bound on (for a server behind NAT).
+    @param udpPortRange: the inclusive C{(low, high)} range UDP relay ports
+        are taken from; any free port if C{None}.
+    @param udpIdleTimeout: seconds an association may relay no datagram
+        before it (and its control connection) is closed; C{None} for never.
+    @param maxUDPAssociations: associations open at once; C{None} for no limit.
+    @param maxUDPAssociationsPerClient: associations open at once per client
+        address; C{None} for no limit.
 
     @ivar counters: totals for metrics (sessions, bytes, outcomes).
     """
@@ -388,6 +477,11 @@ class SOCKS5Factory(Factory):
         idleTimeout: float | None = None,
         finWaitTimeout: float | None = 120.0,
         maxConnections: int | None = None,
+        udpAdvertise: str | None = None,
+        udpPortRange: tuple[int, int] | None = None,
+        udpIdleTimeout: float | None = 300.0,
+        maxUDPAssociations: int | None = 1024,
+        maxUDPAssociationsPerClient: int | None = 16,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -399,6 +493,7 @@ class SOCKS5Factory(Factory):
         self.checkers = checkersForRFC1929(checkers)
         if any(a.usesCredentials for a in self.authenticators) and not self.checkers:
             raise ValueError("username/password authentication needs at least one checker")
+        self.reactor = reactor
         self.clock: IReactorTime = reactor
         if outbound is None:
             outbound = DirectOutbound(reactor, connectTimeout)
@@ -407,7 +502,35 @@ class SOCKS5Factory(Factory):
         self.idleTimeout = idleTimeout
         self.finWaitTimeout = finWaitTimeout
         self.maxConnections = maxConnections
+        self.udpAdvertise = udpAdvertise
+        self.udpPortRange = udpPortRange
+        self.udpIdleTimeout = udpIdleTimeout
+        self.maxUDPAssociations = maxUDPAssociations
+        self.maxUDPAssociationsPerClient = maxUDPAssociationsPerClient
         self.counters = Counters()
+        self._associations: dict[str, int] = {}
+
+    def admitAssociation(self, clientHost: str) -> str | None:
+        """
+        Count a new UDP association for C{clientHost}, or say why it is
+        refused (a limit is reached).
+        """
+        total = sum(self._associations.values())
+        if self.maxUDPAssociations is not None and total >= self.maxUDPAssociations:
+            return f"{total} UDP associations open"
+        mine = self._associations.get(clientHost, 0)
+        if self.maxUDPAssociationsPerClient is not None and mine >= self.maxUDPAssociationsPerClient:
+            return f"{mine} UDP associations open for this client"
+        self._associations[clientHost] = mine + 1
+        return None
+
+    def releaseAssociation(self, clientHost: str) -> None:
+        """Forget one of C{clientHost}'s associations."""
+        left = self._associations.get(clientHost, 0) - 1
+        if left > 0:
+            self._associations[clientHost] = left
+        else:
+            self._associations.pop(clientHost, None)
 
     def buildProtocol(self, addr: IAddress | None) -> SOCKS5ServerProtocol | None:  # type: ignore[override]
         """A protocol for a new client, or C{None} (close) if at the limit."""

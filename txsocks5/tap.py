@@ -10,6 +10,7 @@ Another program can build the same service from the same words::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -73,6 +74,13 @@ def _positiveSeconds(value: str) -> float:
     return seconds
 
 
+def _portRange(value: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit() or not 0 < int(low) <= int(high) <= 65535:
+        raise ValueError(f"not a port range LOW-HIGH: {value!r}")
+    return int(low), int(high)
+
+
 _seconds.coerceDoc = "Seconds; 0 turns it off."  # type: ignore[attr-defined]
 _positiveSeconds.coerceDoc = "Seconds."  # type: ignore[attr-defined]
 _count.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
@@ -96,6 +104,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["idle-timeout", None, 0.0, "Seconds a tunnel may carry no data before it is closed.", _seconds],
         ["fin-wait-timeout", None, 120.0, "Seconds a tunnel may stay half-closed.", _seconds],
         ["max-connections", None, 0, "Clients served at once; more are refused at accept.", _count],
+        ["udp-advertise", None, None, "Address to put in UDP ASSOCIATE replies (e.g. a public address)."],
+        ["udp-port-range", None, None, "LOW-HIGH: take UDP relay ports from this range.", _portRange],
+        ["udp-idle-timeout", None, 300.0, "Seconds a UDP association may relay nothing.", _seconds],
+        ["max-udp-associations", None, 1024, "UDP associations open at once.", _count],
+        ["max-udp-per-client", None, 16, "UDP associations open at once per client address.", _count],
     ]
     optFlags = [
         ["allow-no-auth", None, "With --auth, also let clients in without authentication."],
@@ -132,6 +145,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             except Exception as e:
                 raise usage.UsageError(f"--port {description}: {e}") from None
         self["endpoints"] = endpoints
+        advertise = self["udp-advertise"]
+        if advertise is not None:
+            try:
+                ipaddress.ip_address(advertise)
+            except ValueError:
+                raise usage.UsageError(f"--udp-advertise {advertise}: not an IP address") from None
 
         checkers = self.get("credCheckers", [])
         for checker in checkers:
@@ -164,5 +183,10 @@ def makeService(options: Options | dict[str, Any]) -> SOCKS5Service:
         idleTimeout=options["idle-timeout"] or None,
         finWaitTimeout=options["fin-wait-timeout"] or None,
         maxConnections=options["max-connections"] or None,
+        udpAdvertise=options["udp-advertise"],
+        udpPortRange=options["udp-port-range"],
+        udpIdleTimeout=options["udp-idle-timeout"] or None,
+        maxUDPAssociations=options["max-udp-associations"] or None,
+        maxUDPAssociationsPerClient=options["max-udp-per-client"] or None,
     )
     return SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True)

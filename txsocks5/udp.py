@@ -1,0 +1,319 @@
+"""
+UDP ASSOCIATE (RFC 1928 section 7): L{UDPRelay} relays datagrams between one
+client and any number of destinations for as long as the client's TCP
+control connection lives.
+
+Each association has its own client-facing socket, bound on the address the
+client reached the TCP port on, and (made when first needed) one socket per
+address family towards destinations.  Only datagrams from the client's own
+address reach destinations; replies from destinations go back to the client
+with the RFC header naming the destination's real address.  Fragments
+(FRAG != 0) and malformed headers are dropped and counted, never raised.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet import error
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHostnameResolver,
+    IListeningPort,
+    IReactorTime,
+    IReactorUDP,
+    IResolutionReceiver,
+)
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txsocks5 import wire
+
+__all__ = ["UDPRelay", "UDPCounters", "listenUDPRelay", "MAX_DATAGRAM"]
+
+log = Logger()
+
+#: The largest datagram a relay reads: a 65,507-byte IPv4 payload with room
+#: for the SOCKS header (RFC 1928 allows up to a 255-byte name in it).
+MAX_DATAGRAM = 65535 + 262
+
+#: Seconds a resolved name is reused within one association.
+NAME_CACHE_SECONDS = 30.0
+
+#: Datagrams held per association while names resolve; more are dropped.
+MAX_QUEUED = 64
+
+
+@dataclass
+class UDPCounters:
+    """What one association carried and dropped."""
+
+    datagramsUp: int = 0
+    datagramsDown: int = 0
+    bytesUp: int = 0
+    bytesDown: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        """Count a dropped datagram; the first of each kind is logged at debug."""
+        count = self.dropped.get(reason, 0)
+        self.dropped[reason] = count + 1
+        if not count:
+            log.debug("UDP relay dropped a datagram: {reason}", reason=reason)
+
+
+class _DestinationSide(DatagramProtocol):
+    """The socket of one address family that talks to destinations."""
+
+    noisy = False
+
+    def __init__(self, relay: UDPRelay) -> None:
+        self.relay = relay
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        self.relay.fromDestination(datagram, addr)
+
+
+@implementer(IResolutionReceiver)
+class _Resolution:
+    """Collects the addresses one name resolves to."""
+
+    def __init__(self, done: Callable[[list[str]], None]) -> None:
+        self._done = done
+        self._addresses: list[str] = []
+
+    def resolutionBegan(self, resolutionInProgress: object) -> None:
+        """Nothing to do until addresses arrive."""
+
+    def addressResolved(self, address: IAddress) -> None:
+        self._addresses.append(address.host)  # type: ignore[attr-defined]
+
+    def resolutionComplete(self) -> None:
+        self._done(self._addresses)
+
+
+class UDPRelay(DatagramProtocol):
+    """
+    The client-facing socket of one association, and the relay behind it.
+
+    @param reactor: used for the destination sockets, name resolution and
+        the idle timer.
+    @param clientHost: the client's IP address (from its TCP connection).
+    @param clientPort: the port the client said it will send from, or
+        C{None} to learn it from the first datagram.
+    @param idleTimeout: seconds without a datagram either way after which
+        C{onIdle} is called; C{None} for never.
+    @param onIdle: called once when the idle timeout passes.
+    @param resolver: resolves destination names; the reactor's by default.
+
+    @ivar counters: datagrams and bytes each way, and drops by reason.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorUDP,
+        clientHost: str,
+        clientPort: int | None = None,
+        idleTimeout: float | None = None,
+        onIdle: Callable[[], None] | None = None,
+        resolver: IHostnameResolver | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self.clientHost = clientHost
+        self.clientPort = clientPort
+        self.counters = UDPCounters()
+        self._resolver = resolver or reactor.nameResolver  # type: ignore[attr-defined]
+        self._idleTimeout = idleTimeout
+        self._onIdle = onIdle
+        self._idleCall: IDelayedCall | None = None
+        self._lastTotal = -1
+        self._sides: dict[int, IListeningPort] = {}
+        self._names: dict[str, tuple[float, list[str]]] = {}
+        self._waiting: dict[str, list[tuple[bytes, int]]] = {}
+        self._queued = 0
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    def startProtocol(self) -> None:
+        if self._idleTimeout:
+            self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
+
+    @property
+    def _clock(self) -> IReactorTime:
+        return self._reactor  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """End the association: close every socket at once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
+        sides, self._sides = self._sides, {}
+        for port in sides.values():
+            port.stopListening()
+        if self.transport is not None:
+            self.transport.stopListening()  # type: ignore[attr-defined]
+        self._waiting.clear()
+
+    def _checkIdle(self) -> None:
+        counters = self.counters
+        total = counters.datagramsUp + counters.datagramsDown
+        if total == self._lastTotal:
+            self._idleCall = None
+            log.debug("UDP association for {client} idle", client=self.clientHost)
+            if self._onIdle is not None:
+                self._onIdle()
+            return
+        self._lastTotal = total
+        assert self._idleTimeout is not None
+        self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
+
+    # -- client to destination ----------------------------------------------
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A datagram arrived on the client-facing socket."""
+        host, port = addr
+        if host != self.clientHost:
+            self.counters.drop("not from the client")
+            return
+        if self.clientPort is None:
+            self.clientPort = port
+        elif port != self.clientPort:
+            self.counters.drop("not from the client")
+            return
+        try:
+            header, payload = wire.parseUDPDatagram(datagram)
+        except wire.ProtocolError:
+            self.counters.drop("malformed header")
+            return
+        if header.fragment:
+            self.counters.drop("fragment")
+            return
+        destination = header.address
+        if destination.type == wire.AddressType.DOMAIN:
+            self._sendToName(destination.host, destination.port, payload)
+        else:
+            self._sendTo(destination.host, destination.port, payload)
+
+    def _sendTo(self, ip: str, port: int, payload: bytes) -> None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        side = self._sides.get(family)
+        if side is None:
+            side = self._openSide(family)
+            if side is None:
+                self.counters.drop("no socket for the address family")
+                return
+        try:
+            side.write(payload, (ip, port))  # type: ignore[attr-defined]
+        except (OSError, error.MessageLengthError, error.InvalidAddressError):
+            self.counters.drop("send failed")
+            return
+        self.counters.datagramsUp += 1
+        self.counters.bytesUp += len(payload)
+
+    def _openSide(self, family: int) -> IListeningPort | None:
+        interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        try:
+            port = self._reactor.listenUDP(
+                0, _DestinationSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM
+            )
+        except error.CannotListenError:
+            return None
+        self._sides[family] = port
+        return port
+
+    def _sendToName(self, name: str, port: int, payload: bytes) -> None:
+        cached = self._names.get(name)
+        if cached is not None:
+            expires, addresses = cached
+            if expires > self._clock.seconds():
+                if addresses:
+                    self._sendTo(addresses[0], port, payload)
+                else:
+                    self.counters.drop("name did not resolve")
+                return
+        if self._queued >= MAX_QUEUED:
+            self.counters.drop("queue full while resolving")
+            return
+        self._queued += 1
+        waiting = self._waiting.get(name)
+        if waiting is not None:
+            waiting.append((payload, port))
+            return
+        self._waiting[name] = [(payload, port)]
+        try:
+            self._resolver.resolveHostName(
+                _Resolution(lambda addresses: self._resolved(name, addresses)),
+                name,
+                0,
+                None,
+                "UDP",
+            )
+        except (UnicodeError, ValueError):
+            self._resolved(name, [])
+
+    def _resolved(self, name: str, addresses: list[str]) -> None:
+        waiting = self._waiting.pop(name, [])
+        self._queued -= len(waiting)
+        if self._closed:
+            return
+        self._names[name] = (self._clock.seconds() + NAME_CACHE_SECONDS, addresses)
+        for payload, port in waiting:
+            if addresses:
+                self._sendTo(addresses[0], port, payload)
+            else:
+                self.counters.drop("name did not resolve")
+
+    # -- destination to client ----------------------------------------------
+
+    def fromDestination(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A destination sent C{datagram}: pass it to the client with a header."""
+        if self.clientPort is None or self.transport is None:
+            self.counters.drop("client port not known yet")
+            return
+        header = wire.UDPHeader(0, wire.Address.fromHost(addr[0], addr[1])).encode()
+        try:
+            self.transport.write(header + datagram, (self.clientHost, self.clientPort))
+        except (OSError, error.MessageLengthError):
+            self.counters.drop("send to client failed")
+            return
+        self.counters.datagramsDown += 1
+        self.counters.bytesDown += len(datagram)
+
+
+def listenUDPRelay(
+    reactor: IReactorUDP,
+    relay: UDPRelay,
+    interface: str,
+    portRange: tuple[int, int] | None = None,
+    attempts: int = 64,
+) -> IListeningPort:
+    """
+    Bind C{relay}'s client-facing socket on C{interface}: on a port the OS
+    picks, or on a free one in C{portRange} (inclusive), trying at most
+    C{attempts} of them.
+
+    @raise error.CannotListenError: if no port could be bound.
+    """
+    if portRange is None:
+        return reactor.listenUDP(0, relay, interface=interface, maxPacketSize=MAX_DATAGRAM)
+    low, high = portRange
+    candidates = range(low, high + 1)
+    tries = random.sample(candidates, min(attempts, len(candidates)))
+    failure: error.CannotListenError | None = None
+    for port in tries:
+        try:
+            return reactor.listenUDP(port, relay, interface=interface, maxPacketSize=MAX_DATAGRAM)
+        except error.CannotListenError as e:
+            failure = e
+    raise failure or error.CannotListenError(interface, 0, OSError("empty UDP port range"))
