@@ -639,10 +639,6 @@ class RawProtocolTests(IntegrationTestCase):
         """CMD 0x09: 05 07, then close."""
         await self.assertReplyThenClose(encodeRequest(LOOPBACK4, 80, command=9), 7)
 
-    async def test_bind(self) -> None:
-        """BIND is not supported (yet): 05 07."""
-        await self.assertReplyThenClose(encodeRequest(LOOPBACK4, 80, command=2), 7)
-
     async def test_unknownAddressType(self) -> None:
         """ATYP 0x05: 05 08, then close."""
         await self.assertReplyThenClose(b"\x05\x01\x00\x05\x7f\x00\x00\x01\x00\x50", 8)
@@ -1145,8 +1141,8 @@ class TwistdTests(IntegrationTestCase):
 
     async def test_undecodableNameInLogs(self) -> None:
         """
-        A request naming a destination that is not UTF-8 (here a BIND, so
-        nothing is resolved) is answered, and its session is logged in
+        A request naming a destination that is not UTF-8 (it cannot be a
+        host name, so nothing is resolved) is answered, and its session is logged in
         twistd's --logfile like any other (no line lost to a
         UnicodeEncodeError, no observer disabled).
         """
@@ -1156,9 +1152,9 @@ class TwistdTests(IntegrationTestCase):
         port = await child.listening
         _, targetPort = await startEcho(self)
         name = b"\xff\xfe-not-utf8.test"
-        request = b"\x05\x02\x00\x03" + bytes([len(name)]) + name + b"\x00\x50"
+        request = b"\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x00\x50"
         data, _ = await deferToThread(exchange, (LOOPBACK4, port), [b"\x05\x01\x00" + request])
-        self.assertEqual(data[:4], b"\x05\x00\x05\x07")
+        self.assertEqual(data[:4], b"\x05\x00\x05\x04")
 
         def client() -> bytes:
             sock, reply = socksConnect((LOOPBACK4, port), LOOPBACK4, targetPort)
@@ -1174,7 +1170,7 @@ class TwistdTests(IntegrationTestCase):
         self.assertNotIn(b"Traceback", log)
         self.assertNotIn(b"UnicodeEncodeError", log)
         self.assertNotIn(b"Temporarily disabling observer", log)
-        self.assertIn(b"command=bind", log, "the BIND session with the undecodable name was not logged")
+        self.assertIn(b"-not-utf8.test:80", log, "the session with the undecodable name was not logged")
 
     async def test_backpressure(self) -> None:
         """

@@ -141,8 +141,8 @@ class NegotiationTests(ServerTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_unsupportedCommands(self) -> None:
-        """BIND (until implemented) and unknown CMDs get 0x07."""
-        for command in (2, 9):
+        """Unknown CMDs get 0x07."""
+        for command in (0, 4, 9, 255):
             protocol, transport = self.connect()
             request = wire.Request(command, wire.Address.fromHost("192.0.2.7", 80))
             protocol.dataReceived(GREETING + request.encode())

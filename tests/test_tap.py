@@ -69,6 +69,8 @@ class OptionsTests(SynchronousTestCase):
             ["--udp-port-range", "3000-2000"],
             ["--udp-port-range", "0-10"],
             ["--udp-advertise", "proxy.example"],
+            ["--bind-check", "strict"],
+            ["--bind-port-range", "5-1"],
         ):
             self.assertRaises(UsageError, parse, *args)
 
@@ -96,6 +98,13 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(factory.maxConnections, 10)
         self.assertEqual(factory.finWaitTimeout, 120)
         self.assertEqual(len(factory.checkers), 1)
+
+    def test_bindOptions(self) -> None:
+        options = parse("--bind-timeout", "5", "--bind-check", "port", "--bind-port-range", "40000-40010")
+        factory = makeService(options).factory
+        self.assertEqual((factory.bindTimeout, factory.bindCheck), (5, "port"))
+        self.assertEqual(factory.bindPortRange, (40000, 40010))
+        self.assertEqual(makeService(parse()).factory.bindCheck, "address")
 
     def test_udpOptions(self) -> None:
         factory = makeService(

@@ -34,8 +34,10 @@ from zope.interface import implementer
 from txsocks5 import wire
 from txsocks5.accounting import Counters, Session, logSession
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
+from txsocks5.bind import BindListener, PeerCheck
 from txsocks5.interfaces import AuthOutcome, IAuthenticator, IAuthNegotiation, IOutbound
 from txsocks5.outbound import DirectOutbound, replyForFailure
+from txsocks5.ports import localAddressFacing, resolveName
 from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
 from txsocks5.udp import UDPRelay, listenUDPRelay
 
@@ -46,6 +48,10 @@ log = Logger()
 #: Seconds a client has to read an error reply before the connection is cut
 #: (RFC 1928 section 6: no more than 10 seconds).
 ERROR_LINGER = 10.0
+
+#: Bytes kept from a client while a BIND waits for its peer before reading
+#: pauses.
+HOLD_LIMIT = 65536
 
 _UNSPECIFIED = wire.Address(wire.AddressType.IPV4, "0.0.0.0", 0)
 
@@ -92,6 +98,9 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending: Deferred[Any] | None = None
         self._relay: TCPRelay | None = None
         self._association: UDPRelay | None = None
+        self._bindExpected: wire.Address | None = None
+        self._bindListener: BindListener | None = None
+        self._holding = False  # Reading (and keeping) bytes while a wait goes on.
         self._timer: IDelayedCall | None = None
         self._paused = False
         self._clientEnded = False
@@ -115,7 +124,14 @@ class SOCKS5ServerProtocol(Protocol):
             relay.target.write(data)
             return
         if self._step is None:
-            return  # Nothing more is read: closing, or a UDP association's control connection.
+            if self._holding:
+                # Bytes for the peer a BIND waits for: keep them, within limits.
+                self._buffer += data
+                if len(self._buffer) > HOLD_LIMIT and not self._paused:
+                    self._paused = True
+                    self.transport.pauseProducing()  # type: ignore[union-attr]
+            # Otherwise nothing more is read: closing, or a UDP association's control connection.
+            return
         self._buffer += data
         self._advance()
 
@@ -127,6 +143,8 @@ class SOCKS5ServerProtocol(Protocol):
         if self._association is not None:
             # The client is done with the association (RFC 1928 section 7).
             self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self._bindListener is not None:
+            self._close("client closed before the peer connected")
         elif self._step is not None:
             # Waiting for bytes that can no longer come.
             self._close("client closed during negotiation")
@@ -141,6 +159,8 @@ class SOCKS5ServerProtocol(Protocol):
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
+        if self._bindListener is not None:
+            self._bindListener.close()
         session = self.session
         relay = self._relay
         if relay is not None:
@@ -244,11 +264,76 @@ class SOCKS5ServerProtocol(Protocol):
                 self._connected,
                 self._connectFailed,
             )
+        elif request.command == wire.Command.BIND:
+            self._bind(address)
         elif request.command == wire.Command.UDP_ASSOCIATE:
             self._associate(address)
         else:
             self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)
         return False
+
+    def _bind(self, expected: wire.Address) -> None:
+        """
+        Listen for the one connection the client expects (RFC 1928 section
+        4): reply with the listening address, then with the peer's.
+        """
+        self._bindExpected = expected
+        if expected.type == wire.AddressType.DOMAIN:
+            factory = self.factory
+            resolving = resolveName(
+                factory.resolver, expected.host, clock=factory.clock, timeout=factory.connectTimeout
+            )
+            self._wait(resolving, self._bindListen, self._bindFailed)
+        else:
+            self._bindListen([expected.host])
+
+    def _bindListen(self, expectedHosts: list[str]) -> None:
+        factory = self.factory
+        transport = self.transport
+        assert transport is not None
+        check = factory.bindCheck
+        anyHost = expectedHosts[0] in ("0.0.0.0", "::")
+        try:
+            if anyHost:
+                # Any peer: listen where the client reached us.
+                interface = wire.Address.fromHost(transport.getHost().host, 0).host  # type: ignore[attr-defined]
+            else:
+                interface = localAddressFacing(expectedHosts[0])
+        except OSError as e:
+            self._bindFailed(Failure(e))
+            return
+        port = self._bindExpected.port if self._bindExpected is not None else 0
+        listener = BindListener(
+            factory.reactor,
+            expectedHosts=() if anyHost or check == PeerCheck.NONE else expectedHosts,
+            expectedPort=port if check == PeerCheck.PORT and port else None,
+            timeout=factory.bindTimeout,
+        )
+        try:
+            bound = listener.listen(interface, factory.bindPortRange)
+        except CannotListenError as e:
+            log.warn("BIND for {client} failed: {error}", client=self.session.client, error=str(e))
+            self._replyError(wire.Reply.GENERAL_FAILURE)
+            return
+        self._bindListener = listener
+        transport.write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
+        # Keep reading while the peer is awaited, to see the client leave.
+        self._holding = True
+        self._wait(listener.peer, self._peerArrived, self._bindFailed, pause=False)
+
+    def _peerArrived(self, peer: TargetProtocol) -> None:
+        self._holding = False
+        self._bindListener = None
+        assert peer.transport is not None
+        self.session.destination = describeAddress(peer.transport.getPeer())
+        self._relayTo(peer, peer.transport.getPeer())
+
+    def _bindFailed(self, failure: Failure) -> None:
+        self._holding = False
+        log.debug(
+            "BIND for {client} failed: {error}", client=self.session.client, error=failure.getErrorMessage()
+        )
+        self._replyError(replyForFailure(failure))
 
     def _associate(self, requested: wire.Address) -> None:
         """Set up a UDP relay for the client (RFC 1928 section 7)."""
@@ -275,6 +360,7 @@ class SOCKS5ServerProtocol(Protocol):
             _expectedClientPort(requested, clientHost),
             idleTimeout=factory.udpIdleTimeout,
             onIdle=self._associationIdle,
+            resolver=factory.resolver,
         )
         try:
             port = listenUDPRelay(factory.reactor, relay, localHost, factory.udpPortRange)
@@ -296,14 +382,18 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _connected(self, target: TargetProtocol) -> None:
+        assert target.transport is not None
+        self._relayTo(target, target.transport.getHost())
+
+    def _relayTo(self, target: TargetProtocol, replyAddress: IAddress) -> None:
+        """Send the success reply naming C{replyAddress}, then relay with C{target}."""
         factory = self.factory
         transport = self.transport
         assert transport is not None and target.transport is not None
-        bound = target.transport.getHost()
         transport.write(
             wire.Response(
                 wire.Reply.SUCCEEDED,
-                wire.Address.fromHost(bound.host, bound.port),  # type: ignore[attr-defined]
+                wire.Address.fromHost(replyAddress.host, replyAddress.port),  # type: ignore[attr-defined]
             ).encode()
         )
         relay = TCPRelay(
@@ -336,10 +426,12 @@ class SOCKS5ServerProtocol(Protocol):
         d: Deferred[Any],
         callback: Callable[[Any], None],
         errback: Callable[[Failure], None] | None = None,
+        pause: bool = True,
     ) -> None:
         """
-        Run C{callback} (or C{errback}) when C{d} fires, reading nothing from
-        the client until then; nothing runs if the client has gone.
+        Run C{callback} (or C{errback}) when C{d} fires; nothing runs if the
+        client has gone.  Unless C{pause} is false, nothing is read from the
+        client until then.
         """
         self._pending = d
 
@@ -355,9 +447,14 @@ class SOCKS5ServerProtocol(Protocol):
                 callback(result)
 
         d.addBoth(done).addErrback(self._internalError)
-        if self._pending is d and not self._paused:
+        if self._pending is not d:
+            return
+        if pause and not self._paused:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
+        elif not pause and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _continue(self) -> None:
         """Go on reading after a wait."""
@@ -450,6 +547,11 @@ class SOCKS5Factory(Factory):
         for ever.
     @param maxConnections: clients served at once; more are closed at
         accept.  C{None} for no limit.
+    @param bindTimeout: seconds a BIND waits for its peer; C{None} for ever.
+    @param bindCheck: how a BIND checks its peer against DST.ADDR/DST.PORT:
+        one of L{PeerCheck.ALL}.
+    @param bindPortRange: the inclusive C{(low, high)} range BIND listens
+        in; any free port if C{None}.
     @param udpAdvertise: the address put in UDP ASSOCIATE replies instead of
         the one the relay is bound on (for a server behind NAT).
     @param udpPortRange: the inclusive C{(low, high)} range UDP relay ports
@@ -477,6 +579,9 @@ class SOCKS5Factory(Factory):
         idleTimeout: float | None = None,
         finWaitTimeout: float | None = 120.0,
         maxConnections: int | None = None,
+        bindTimeout: float | None = 120.0,
+        bindCheck: str = PeerCheck.ADDRESS,
+        bindPortRange: tuple[int, int] | None = None,
         udpAdvertise: str | None = None,
         udpPortRange: tuple[int, int] | None = None,
         udpIdleTimeout: float | None = 300.0,
@@ -495,6 +600,7 @@ class SOCKS5Factory(Factory):
             raise ValueError("username/password authentication needs at least one checker")
         self.reactor = reactor
         self.clock: IReactorTime = reactor
+        self.connectTimeout = connectTimeout
         if outbound is None:
             outbound = DirectOutbound(reactor, connectTimeout)
         self.outbound = outbound
@@ -502,6 +608,12 @@ class SOCKS5Factory(Factory):
         self.idleTimeout = idleTimeout
         self.finWaitTimeout = finWaitTimeout
         self.maxConnections = maxConnections
+        if bindCheck not in PeerCheck.ALL:
+            raise ValueError(f"bindCheck must be one of {PeerCheck.ALL}")
+        self.bindTimeout = bindTimeout
+        self.bindCheck = bindCheck
+        self.bindPortRange = bindPortRange
+        self.resolver = reactor.nameResolver
         self.udpAdvertise = udpAdvertise
         self.udpPortRange = udpPortRange
         self.udpIdleTimeout = udpIdleTimeout

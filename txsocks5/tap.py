@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
 from txsocks5.auth import availableAuthenticators
+from txsocks5.bind import PeerCheck
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
 
@@ -104,12 +105,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["idle-timeout", None, 0.0, "Seconds a tunnel may carry no data before it is closed.", _seconds],
         ["fin-wait-timeout", None, 120.0, "Seconds a tunnel may stay half-closed.", _seconds],
         ["max-connections", None, 0, "Clients served at once; more are refused at accept.", _count],
+        ["bind-timeout", None, 120.0, "Seconds a BIND waits for its peer to connect.", _seconds],
+        ["bind-port-range", None, None, "LOW-HIGH: take BIND listening ports from this range.", _portRange],
         ["udp-advertise", None, None, "Address to put in UDP ASSOCIATE replies (e.g. a public address)."],
         ["udp-port-range", None, None, "LOW-HIGH: take UDP relay ports from this range.", _portRange],
         ["udp-idle-timeout", None, 300.0, "Seconds a UDP association may relay nothing.", _seconds],
         ["max-udp-associations", None, 1024, "UDP associations open at once.", _count],
         ["max-udp-per-client", None, 16, "UDP associations open at once per client address.", _count],
     ]
+    compData = usage.Completions(optActions={"bind-check": usage.CompleteList(PeerCheck.ALL)})
+
     optFlags = [
         ["allow-no-auth", None, "With --auth, also let clients in without authentication."],
     ]
@@ -118,12 +123,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["ports"] = []
         self["methods"] = []
+        self["bind-check"] = PeerCheck.ADDRESS
 
     def opt_port(self, description: str) -> None:
         """Where to listen: an endpoint description (tcp6:1080, ssl:1080:privateKey=key.pem, ...) or a bare port number on 127.0.0.1. Repeatable. [default: 1080]"""  # noqa: E501
         self["ports"].append(portDescription(description))
 
     opt_p = opt_port
+
+    def opt_bind_check(self, check: str) -> None:
+        """Who may connect to a BIND: address (DST.ADDR, unless zeros), port (DST.ADDR and DST.PORT), or none (anyone). [default: address]"""  # noqa: E501
+        if check not in PeerCheck.ALL:
+            raise usage.UsageError(f"--bind-check: one of {', '.join(PeerCheck.ALL)}")
+        self["bind-check"] = check
 
     def opt_method(self, name: str) -> None:
         """Offer an authentication method by name (username, none, ...), most preferred first. Repeatable. [default: username with --auth, none without]"""  # noqa: E501
@@ -183,6 +195,9 @@ def makeService(options: Options | dict[str, Any]) -> SOCKS5Service:
         idleTimeout=options["idle-timeout"] or None,
         finWaitTimeout=options["fin-wait-timeout"] or None,
         maxConnections=options["max-connections"] or None,
+        bindTimeout=options["bind-timeout"] or None,
+        bindCheck=options["bind-check"],
+        bindPortRange=options["bind-port-range"],
         udpAdvertise=options["udp-advertise"],
         udpPortRange=options["udp-port-range"],
         udpIdleTimeout=options["udp-idle-timeout"] or None,

@@ -13,26 +13,23 @@ with the RFC header naming the destination's real address.  Fragments
 
 from __future__ import annotations
 
-import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet import error
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IHostnameResolver,
     IListeningPort,
     IReactorTime,
     IReactorUDP,
-    IResolutionReceiver,
 )
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from txsocks5 import wire
+from txsocks5.ports import listenInRange, resolveName
 
 __all__ = ["UDPRelay", "UDPCounters", "listenUDPRelay", "MAX_DATAGRAM"]
 
@@ -44,6 +41,9 @@ MAX_DATAGRAM = 65535 + 262
 
 #: Seconds a resolved name is reused within one association.
 NAME_CACHE_SECONDS = 30.0
+
+#: Seconds a name may take to resolve before its datagrams are dropped.
+RESOLVE_TIMEOUT = 10.0
 
 #: Datagrams held per association while names resolve; more are dropped.
 MAX_QUEUED = 64
@@ -77,24 +77,6 @@ class _DestinationSide(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.relay.fromDestination(datagram, addr)
-
-
-@implementer(IResolutionReceiver)
-class _Resolution:
-    """Collects the addresses one name resolves to."""
-
-    def __init__(self, done: Callable[[list[str]], None]) -> None:
-        self._done = done
-        self._addresses: list[str] = []
-
-    def resolutionBegan(self, resolutionInProgress: object) -> None:
-        """Nothing to do until addresses arrive."""
-
-    def addressResolved(self, address: IAddress) -> None:
-        self._addresses.append(address.host)  # type: ignore[attr-defined]
-
-    def resolutionComplete(self) -> None:
-        self._done(self._addresses)
 
 
 class UDPRelay(DatagramProtocol):
@@ -251,16 +233,10 @@ class UDPRelay(DatagramProtocol):
             waiting.append((payload, port))
             return
         self._waiting[name] = [(payload, port)]
-        try:
-            self._resolver.resolveHostName(
-                _Resolution(lambda addresses: self._resolved(name, addresses)),
-                name,
-                0,
-                None,
-                "UDP",
-            )
-        except (UnicodeError, ValueError):
-            self._resolved(name, [])
+        resolveName(self._resolver, name, "UDP", self._clock, RESOLVE_TIMEOUT).addCallbacks(
+            lambda addresses: self._resolved(name, addresses),
+            lambda failure: self._resolved(name, []),
+        )
 
     def _resolved(self, name: str, addresses: list[str]) -> None:
         waiting = self._waiting.pop(name, [])
@@ -296,24 +272,14 @@ def listenUDPRelay(
     relay: UDPRelay,
     interface: str,
     portRange: tuple[int, int] | None = None,
-    attempts: int = 64,
 ) -> IListeningPort:
     """
     Bind C{relay}'s client-facing socket on C{interface}: on a port the OS
-    picks, or on a free one in C{portRange} (inclusive), trying at most
-    C{attempts} of them.
+    picks, or on a free one in C{portRange} (inclusive).
 
     @raise error.CannotListenError: if no port could be bound.
     """
-    if portRange is None:
-        return reactor.listenUDP(0, relay, interface=interface, maxPacketSize=MAX_DATAGRAM)
-    low, high = portRange
-    candidates = range(low, high + 1)
-    tries = random.sample(candidates, min(attempts, len(candidates)))
-    failure: error.CannotListenError | None = None
-    for port in tries:
-        try:
-            return reactor.listenUDP(port, relay, interface=interface, maxPacketSize=MAX_DATAGRAM)
-        except error.CannotListenError as e:
-            failure = e
-    raise failure or error.CannotListenError(interface, 0, OSError("empty UDP port range"))
+    return listenInRange(
+        lambda port: reactor.listenUDP(port, relay, interface=interface, maxPacketSize=MAX_DATAGRAM),
+        portRange,
+    )
