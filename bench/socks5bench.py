@@ -3,8 +3,8 @@
 socks5bench: a by-hand benchmark for txsocks5, or for any SOCKS5 server that
 accepts clients without authentication.
 
-It starts its own TCP target server (in a separate process) and measures,
-through the proxy:
+It starts its own TCP and UDP target server (in a separate process) and
+measures, through the proxy:
 
 * bulk upload and download throughput in one tunnel (every byte is compared
   with the expected stream, and the byte count must match),
@@ -14,7 +14,9 @@ through the proxy:
 * the proxy's memory when idle and with many idle tunnels (RSS and PSS of
   its whole process tree),
 * peak memory growth while a client reads a large download very slowly
-  (backpressure).
+  (backpressure),
+* UDP ASSOCIATE: datagram round trips per second through the relay, with a
+  window of datagrams in flight, counting losses.
 
 Standard library only, Linux only (it reads /proc).  All traffic goes to
 127.0.0.1.  See bench/README.md.
@@ -72,6 +74,7 @@ PATTERN_SEED = 1928
 SOCKS_GREETING = b"\x05\x01\x00"  # version 5, one method: no authentication
 ECHO_SIZE = 16
 PING_SIZE = 64
+UDP_SEQ = struct.Struct("!Q")  # the sequence number that starts every UDP payload
 
 MiB = 1 << 20
 
@@ -341,9 +344,10 @@ class TargetServer:
     stream; the sink compares every byte with it.
     """
 
-    def __init__(self, listener: socket.socket, pattern: Pattern) -> None:
+    def __init__(self, listener: socket.socket, pattern: Pattern, udp: socket.socket | None = None) -> None:
         self.listener = listener
         self.pattern = pattern
+        self.udp = udp
         self.epoll = select.epoll()
         self.conns: dict[int, _TargetConn] = {}
         self.buffer = bytearray(CHUNK)
@@ -353,6 +357,11 @@ class TargetServer:
         self.listener.setblocking(False)
         self.epoll.register(self.listener.fileno(), select.EPOLLIN)
         lfd = self.listener.fileno()
+        ufd = -1
+        if self.udp is not None:
+            self.udp.setblocking(False)
+            ufd = self.udp.fileno()
+            self.epoll.register(ufd, select.EPOLLIN)
         while True:
             events = self.epoll.poll(1.0)
             if not events and os.getppid() != parent:
@@ -360,6 +369,9 @@ class TargetServer:
             for fd, mask in events:
                 if fd == lfd:
                     self._accept()
+                    continue
+                if fd == ufd:
+                    self._udp_echo()
                     continue
                 conn = self.conns.get(fd)
                 if conn is None:
@@ -384,6 +396,21 @@ class TargetServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.conns[sock.fileno()] = _TargetConn(sock)
             self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _udp_echo(self) -> None:
+        """Send every waiting datagram back where it came from."""
+        assert self.udp is not None
+        for _ in range(256):
+            try:
+                data, address = self.udp.recvfrom(65536)
+            except BlockingIOError:
+                return
+            except OSError:  # e.g. ECONNREFUSED left by an earlier answer
+                continue
+            try:
+                self.udp.sendto(data, address)
+            except OSError:
+                pass  # a full buffer: the client counts the datagram as lost
 
     def _close(self, conn: _TargetConn) -> None:
         self.conns.pop(conn.sock.fileno(), None)
@@ -478,26 +505,33 @@ class TargetServer:
                 return
 
 
-def _target_main(listener: socket.socket) -> None:
+def _target_main(listener: socket.socket, udp: socket.socket) -> None:
     """Entry point of the target process."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    TargetServer(listener, Pattern()).serve(os.getppid())
+    TargetServer(listener, Pattern(), udp).serve(os.getppid())
 
 
-def start_target() -> tuple[multiprocessing.process.BaseProcess, tuple[str, int]]:
-    """Start the target server in a child process; return it and its address."""
+def start_target() -> tuple[multiprocessing.process.BaseProcess, tuple[str, int], tuple[str, int]]:
+    """
+    Start the target server in a child process; return it, its TCP address
+    and the address of its UDP echo socket.
+    """
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((HOST, 0))
     listener.listen(4096)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((HOST, 0))
     process = multiprocessing.get_context("fork").Process(
-        target=_target_main, args=(listener,), name="socks5bench-target", daemon=True
+        target=_target_main, args=(listener, udp), name="socks5bench-target", daemon=True
     )
     process.start()
     address = listener.getsockname()
+    udp_address = udp.getsockname()
     listener.close()
-    return process, address
+    udp.close()
+    return process, address, udp_address
 
 
 # -- blocking SOCKS5 client ---------------------------------------------------
@@ -562,6 +596,46 @@ def open_tunnel(
         if head[1] != 0:
             raise BenchError(f"CONNECT refused with REP={head[1]}")
         return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def udp_header(target: tuple[str, int]) -> bytes:
+    """The SOCKS5 UDP request header (RSV, FRAG 0, ATYP IPv4) for an IPv4 C{target}."""
+    return b"\x00\x00\x00\x01" + socket.inet_aton(target[0]) + struct.pack("!H", target[1])
+
+
+def udp_associate(proxy: tuple[str, int], timeout: float = 10.0) -> tuple[socket.socket, tuple[str, int]]:
+    """
+    Open a control connection to C{proxy} and ask for UDP ASSOCIATE; return
+    it and the relay's address (BND.ADDR, or the proxy's address if the
+    server answers with 0.0.0.0 or ::).  The association lasts as long as
+    the returned socket is open.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in proxy[0] else socket.AF_INET)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(proxy)
+        sock.sendall(SOCKS_GREETING)
+        method = recv_exact(sock, 2)
+        if method != b"\x05\x00":
+            raise BenchError(f"proxy refused no-auth: method reply {method.hex()}")
+        sock.sendall(b"\x05\x03\x00\x01" + bytes(6))  # DST 0.0.0.0:0: the relay learns our port
+        head = recv_exact(sock, 5)
+        length = reply_length(head)
+        if head[0] != 5 or length is None or length < 0 or head[3] == 3:
+            raise BenchError(f"malformed UDP ASSOCIATE reply {head.hex()}")
+        rest = recv_exact(sock, length - 5)
+        if head[1] != 0:
+            raise BenchError(f"UDP ASSOCIATE refused with REP={head[1]}")
+        raw = head[4:] + rest
+        family = socket.AF_INET if head[3] == 1 else socket.AF_INET6
+        host = socket.inet_ntop(family, raw[:-2])
+        (port,) = struct.unpack("!H", raw[-2:])
+        if host in ("0.0.0.0", "::"):
+            host = proxy[0]
+        return sock, (host, port)
     except BaseException:
         sock.close()
         raise
@@ -1014,6 +1088,7 @@ class Bench:
         self.load_cpus: set[int] = set()
         self.target_process: multiprocessing.process.BaseProcess | None = None
         self.target: tuple[str, int] = (HOST, 0)
+        self.udp_target: tuple[str, int] = (HOST, 0)
         self.server: ProxyProcess | None = None
         self.proxy: tuple[str, int] | None = None  # None: --direct
         self.proxy_pid: int | None = None
@@ -1063,7 +1138,7 @@ class Bench:
             tunnels = max(1, (limit - 2 * args.clients - 512) // 3)
             self.notes.append(f"RLIMIT_NOFILE is {limit}: tunnels reduced from {args.tunnels} to {tunnels}")
             args.tunnels = tunnels
-        self.target_process, self.target = start_target()
+        self.target_process, self.target, self.udp_target = start_target()
 
     def start_proxy(self) -> None:
         """Start a fresh server (if we run one), or check the external one."""
@@ -1284,6 +1359,149 @@ class Bench:
         }
         self.log(f"connrate: {self.results['connrate']}")
 
+    # -- UDP -----------------------------------------------------------------
+
+    def test_udp(self) -> None:
+        """
+        UDP ASSOCIATE, then datagrams of C{udp_size} payload bytes (plus the
+        SOCKS header) to the UDP echo target, C{udp_window} in flight, for
+        C{udp_secs} after C{udp_warmup}; round trips per second and losses.
+        """
+        control: socket.socket | None = None
+        try:
+            if self.proxy is None:  # --direct: plain datagrams, no header
+                relay, header = self.udp_target, b""
+            else:
+                control, relay = udp_associate(self.proxy)
+                header = udp_header(self.udp_target)
+            family = socket.AF_INET6 if ":" in relay[0] else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind(("::1" if family == socket.AF_INET6 else HOST, 0))
+                sock.connect(relay)  # also filters out anything not from the relay
+                sock.setblocking(False)
+                entry = self._udp_run(sock, header)
+        except (OSError, BenchError) as e:
+            self.results["udp"] = {"error": f"{type(e).__name__}: {e}"}
+            self.log(f"udp FAILED: {e}")
+            return
+        finally:
+            if control is not None:
+                control.close()
+        if entry["bad"]:
+            entry["error"] = f"{entry['bad']} datagrams came back wrong"
+        elif not entry["round_trips"]:
+            entry["error"] = "no datagram came back"
+        self.results["udp"] = entry
+        self.log(f"udp: {entry}")
+
+    def _udp_run(self, sock: socket.socket, header: bytes) -> dict[str, Any]:
+        """Keep C{udp_window} datagrams in flight on a connected, non-blocking C{sock}; measure."""
+        args = self.args
+        window, loss_timeout = args.udp_window, args.udp_loss_timeout
+        pad = os.urandom(max(0, args.udp_size - UDP_SEQ.size))
+        offset = len(header)
+        length = offset + UDP_SEQ.size + len(pad)
+        poller = select.epoll()
+        poller.register(sock.fileno(), select.EPOLLIN)
+        outstanding: dict[int, float] = {}  # sequence number -> send time
+        counted: set[int] = set()  # sequence numbers sent inside the measured window
+        rtts: list[float] = []
+        seq = round_trips = sent = lost = late = bad = send_errors = 0
+        started = time.monotonic()
+        count_from = started + args.udp_warmup
+        stop_at = count_from + args.udp_secs
+        next_sweep = started + 0.05
+        before: CpuSnapshot | None = None
+        buffer = bytearray(65536)
+        try:
+            for _ in range(100_000_000):  # bounded: ends at stop_at long before this
+                now = time.monotonic()
+                if now >= stop_at:
+                    break
+                if before is None and now >= count_from:
+                    before = self.cpu.snapshot()
+                while len(outstanding) < window:
+                    seq += 1
+                    try:
+                        sock.send(header + UDP_SEQ.pack(seq) + pad)
+                    except BlockingIOError:
+                        break
+                    except OSError:  # e.g. ECONNREFUSED from an ICMP error
+                        send_errors += 1
+                        break
+                    outstanding[seq] = time.monotonic()
+                    if now >= count_from:
+                        counted.add(seq)
+                        sent += 1
+                got = False
+                for _ in range(window * 2):
+                    try:
+                        n = sock.recv_into(buffer)
+                    except BlockingIOError:
+                        break
+                    except OSError:  # e.g. ECONNREFUSED: the relay port is closed
+                        send_errors += 1
+                        break
+                    got = True
+                    received = time.monotonic()
+                    if n != length or buffer[:offset] != header or buffer[offset + UDP_SEQ.size : n] != pad:
+                        bad += 1
+                        continue
+                    (number,) = UDP_SEQ.unpack_from(buffer, offset)
+                    sent_at = outstanding.pop(number, None)
+                    if sent_at is None:
+                        late += 1  # already counted as lost, or a duplicate
+                        continue
+                    if received >= count_from and received < stop_at:
+                        round_trips += 1
+                        rtts.append(int((received - sent_at) * 1e6))
+                else:
+                    continue  # more may be waiting: read again before sleeping
+                if now >= next_sweep:
+                    next_sweep = now + 0.05
+                    for number in [k for k, t in outstanding.items() if now - t > loss_timeout]:
+                        del outstanding[number]
+                        lost += number in counted
+                if not got:
+                    poller.poll(min(0.01, max(0.0, stop_at - now)))
+            after = self.cpu.snapshot()
+            # Give the datagrams still in flight their chance, then count the rest as lost.
+            drain_until = time.monotonic() + loss_timeout
+            while outstanding and time.monotonic() < drain_until:
+                if not poller.poll(max(0.0, drain_until - time.monotonic())):
+                    break
+                for _ in range(window * 2):
+                    try:
+                        n = sock.recv_into(buffer)
+                    except (BlockingIOError, OSError):
+                        break
+                    if n == length:
+                        outstanding.pop(UDP_SEQ.unpack_from(buffer, offset)[0], None)
+            lost += sum(1 for number in outstanding if number in counted)
+        finally:
+            poller.close()
+        rtts.sort()
+        return {
+            "per_s": round(round_trips / args.udp_secs, 1),
+            "round_trips": round_trips,
+            "sent": sent,
+            "lost": lost,
+            "loss_pct": round(100 * lost / sent, 3) if sent else None,
+            "late": late,
+            "bad": bad,
+            "socket_errors": send_errors,
+            "rtt_us": {
+                "p50": round(percentile(rtts, 50), 1),
+                "p99": round(percentile(rtts, 99), 1),
+                "max": rtts[-1] if rtts else None,
+            },
+            "window": window,
+            "payload_bytes": UDP_SEQ.size + len(pad),
+            "datagram_bytes": length,
+            "seconds": args.udp_secs,
+            "cpu": self.cpu.usage(before or after, after),
+        }
+
     # -- memory --------------------------------------------------------------
 
     def test_memory(self) -> None:
@@ -1440,6 +1658,7 @@ class Bench:
                     ("bulk", self.test_bulk),
                     ("latency", self.test_latency),
                     ("connrate", self.test_connrate),
+                    ("udp", self.test_udp),
                 ],
             ),
             ("backpressure", [("backpressure", self.test_backpressure)]),
@@ -1511,6 +1730,13 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         value = f"{entry['p50_us']:.0f} / {entry['p99_us']:.0f} µs"
         note = f"{entry['round_trips']} round trips, max {entry['max_us']:.0f} µs"
         rows.append(_row("latency p50 / p99", value, entry, note))
+    if entry := usable("udp round trips", "udp"):
+        note = (
+            f"{entry['payload_bytes']}-byte payloads, {entry['window']} in flight; "
+            f"lost {entry['lost']} of {entry['sent']}; rtt p50 {entry['rtt_us']['p50']:.0f} "
+            f"p99 {entry['rtt_us']['p99']:.0f} µs"
+        )
+        rows.append(_row("udp round trips", f"{entry['per_s']:.0f} /s", entry, note))
     if entry := usable("memory", "memory"):
         n = entry["tunnels"]
         rows.append(_row("RSS idle", _mib(entry["idle_rss_kib"]), None, f"PSS {_mib(entry['idle_pss_kib'])}"))
@@ -1577,6 +1803,9 @@ def describe_run(bench: Bench) -> dict[str, Any]:
             "tunnels": args.tunnels,
             "bp_mib": args.bp_mib,
             "bp_secs": args.bp_secs,
+            "udp_secs": args.udp_secs,
+            "udp_window": args.udp_window,
+            "udp_size": args.udp_size,
         },
     }
 
@@ -1589,6 +1818,7 @@ def describe_sizes(args: argparse.Namespace, width: int = 100) -> list[str]:
         "latency": f"latency <= {args.lat_count} round trips or {args.lat_secs} s",
         "memory": f"{args.tunnels} idle tunnels",
         "backpressure": f"backpressure {args.bp_mib} MiB for {args.bp_secs} s",
+        "udp": f"udp {args.udp_size} B x{args.udp_window} in flight for {args.udp_secs} s",
     }
     lines = [""]
     for test, text in parts.items():
@@ -1629,6 +1859,7 @@ QUICK = {
     "lat_secs": 1.0,
     "tunnels": 200,
     "bp_secs": 1.5,
+    "udp_secs": 1.5,
 }
 
 
@@ -1655,8 +1886,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tests",
         type=lambda s: s.split(","),
-        default=["bulk", "latency", "connrate", "memory", "backpressure"],
-        help="comma-separated subset of bulk,latency,connrate,memory,backpressure",
+        default=["bulk", "latency", "connrate", "memory", "backpressure", "udp"],
+        help="comma-separated subset of bulk,latency,connrate,memory,backpressure,udp",
     )
     p.add_argument(
         "--quick",
@@ -1679,6 +1910,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bp-secs", type=float, default=3.0, help="seconds the slow reader reads")
     p.add_argument("--bp-read-kib", type=int, default=16, help="KiB the slow reader reads each time")
     p.add_argument("--bp-interval-ms", type=float, default=10.0, help="milliseconds between slow reads")
+    p.add_argument("--udp-secs", type=float, default=3.0, help="seconds counted in the UDP test")
+    p.add_argument("--udp-warmup", type=float, default=0.5, help="UDP warm-up seconds before counting")
+    p.add_argument("--udp-window", type=int, default=32, help="UDP datagrams in flight at once")
+    p.add_argument("--udp-size", type=int, default=64, help="UDP payload bytes (after the SOCKS header)")
+    p.add_argument(
+        "--udp-loss-timeout", type=float, default=1.0, help="seconds after which a datagram counts as lost"
+    )
     p.add_argument("--log-dir", type=Path, help="where server logs go (default: a new temporary directory)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -1686,9 +1924,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in QUICK.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
-    unknown = set(args.tests) - {"bulk", "latency", "connrate", "memory", "backpressure"}
+    unknown = set(args.tests) - {"bulk", "latency", "connrate", "memory", "backpressure", "udp"}
     if unknown:
         p.error(f"unknown tests: {', '.join(sorted(unknown))}")
+    if args.udp_size < UDP_SEQ.size or args.udp_window < 1:
+        p.error(f"--udp-size must be at least {UDP_SEQ.size} and --udp-window at least 1")
     if args.direct:
         args.tests = [t for t in args.tests if t not in ("memory", "backpressure")]
     return args

@@ -3,8 +3,10 @@ Shared helpers for the real-socket integration tests.
 
 Everything here listens and connects on loopback addresses only (127.0.0.1
 and ::1) and never asks DNS: names a SOCKS client sends are resolved by
-L{FakeHostnameResolver}, installed on the server's outbound side through
-L{FakeResolverReactor}.
+L{FakeHostnameResolver}, installed through L{FakeResolverReactor} both on
+the server's outbound side and as the server's own reactor (which the UDP
+relay resolves names with), and UDP datagrams the server sends anywhere
+but to loopback addresses are refused.
 
 Blocking client code (raw sockets, curl-free clients such as python-socks
 and PySocks) runs in threads via C{deferToThread}; every socket gets a
@@ -14,6 +16,7 @@ of hanging the run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import os
@@ -180,6 +183,8 @@ class FakeResolverReactor:
     def __init__(self, resolver: IHostnameResolver, realReactor: Any = None) -> None:
         self._reactor = realReactor if realReactor is not None else reactor
         self.nameResolver = resolver
+        #: Destinations a UDP write was refused for (see L{listenUDP}).
+        self.udpRefused: list[tuple[str, int]] = []
         directlyProvides(self, providedBy(self._reactor), IReactorPluggableNameResolver)
 
     def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
@@ -187,8 +192,50 @@ class FakeResolverReactor:
         old, self.nameResolver = self.nameResolver, resolver
         return old
 
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
+        """
+        The real reactor's C{listenUDP}, with a guard on the port it returns:
+        a C{write} to anything but a loopback address raises C{OSError}
+        (EPERM) instead of sending, and is recorded in C{udpRefused}.
+        """
+        real = self._reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=maxPacketSize)
+        return LoopbackOnlyUDPPort(real, self.udpRefused)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
+
+
+def isLoopback(host: str) -> bool:
+    """Whether C{host} is a loopback IP literal (IPv4-mapped ones included)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class LoopbackOnlyUDPPort:
+    """
+    A UDP port whose C{write} refuses (with C{OSError}) any destination that
+    is not a loopback IP literal; everything else goes to the real port.
+    """
+
+    def __init__(self, port: Any, refused: list[tuple[str, int]]) -> None:
+        self._port = port
+        self._refused = refused
+        directlyProvides(self, providedBy(port))
+
+    def write(self, datagram: bytes, addr: Any = None) -> Any:
+        """Send C{datagram} to C{addr} if it is a loopback address."""
+        if addr is not None and not isLoopback(addr[0]):
+            self._refused.append((addr[0], addr[1]))
+            raise OSError(errno.EPERM, f"test guard: {addr[0]} is not loopback")
+        return self._port.write(datagram, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
 
 
 @implementer(IOutbound)
@@ -476,6 +523,8 @@ class Server:
     @ivar resolver: the fake resolver its outbound side uses.
     @ivar outbound: the loopback-only outbound guard (its C{attempts} lists
         every destination asked for).
+    @ivar reactor: the L{FakeResolverReactor} the factory runs on (its
+        C{udpRefused} lists UDP destinations the guard refused).
     """
 
     def __init__(
@@ -485,12 +534,14 @@ class Server:
         port: int,
         resolver: FakeHostnameResolver,
         outbound: LoopbackOnlyOutbound,
+        reactor: FakeResolverReactor | None = None,
     ) -> None:
         self.factory = factory
         self.host = host
         self.port = port
         self.resolver = resolver
         self.outbound = outbound
+        self.reactor = reactor
 
     @property
     def address(self) -> tuple[str, int]:
@@ -547,14 +598,19 @@ class IntegrationTestCase(TestCase):
 
         Its outbound connections go through L{DirectOutbound} on a
         L{FakeResolverReactor} (names from C{hosts} only), behind
-        L{LoopbackOnlyOutbound}.  C{factoryArgs} go to the factory.
+        L{LoopbackOnlyOutbound}.  The factory itself runs on a
+        L{FakeResolverReactor} with the same resolver too, so that what it
+        resolves on its own (names in UDP datagrams) never reaches DNS, and
+        its UDP sockets send to loopback addresses only.  C{factoryArgs} go
+        to the factory.
         """
         resolver = FakeHostnameResolver(hosts)
         outbound = LoopbackOnlyOutbound(DirectOutbound(FakeResolverReactor(resolver), connectTimeout))  # type: ignore[arg-type]
-        factory = SOCKS5Factory(outbound=outbound, reactor=reactor, **factoryArgs)
+        serverReactor = FakeResolverReactor(resolver)
+        factory = SOCKS5Factory(outbound=outbound, reactor=serverReactor, **factoryArgs)
         self._socksFactories.append(factory)
         port = await listenTCP(self, factory, host)
-        return Server(factory, host, port.getHost().port, resolver, outbound)  # type: ignore[attr-defined]
+        return Server(factory, host, port.getHost().port, resolver, outbound, serverReactor)  # type: ignore[attr-defined]
 
 
 # -- a minimal, independent SOCKS5 client (blocking; run it in threads) ----

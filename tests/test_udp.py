@@ -75,6 +75,16 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.clientSide.written, [(datagram("192.0.2.1", 53, b"answer"), CLIENT)])
         self.assertEqual((relay.counters.datagramsDown, relay.counters.bytesDown), (1, 6))
 
+    def test_toMappedIPv4(self) -> None:
+        """An IPv4-mapped IPv6 destination is sent to, and answered as, IPv4."""
+        relay = self.relay()
+        data = wire.UDPHeader(0, wire.Address(wire.AddressType.IPV6, "::ffff:c000:201", 53)).encode()
+        relay.datagramReceived(data + b"q", CLIENT)
+        [side] = self.sides()
+        self.assertEqual(side.written, [(b"q", ("192.0.2.1", 53))])
+        side.protocol.datagramReceived(b"a", ("192.0.2.1", 53))
+        self.assertEqual(self.clientSide.written[0][0], datagram("192.0.2.1", 53, b"a"))
+
     def test_replyIPv6(self) -> None:
         relay = self.relay()
         relay.datagramReceived(datagram("2001:db8::1", 53, b"q"), CLIENT)
@@ -113,9 +123,30 @@ class RelayTests(SynchronousTestCase):
             relay.datagramReceived(junk, CLIENT)
         self.assertEqual(relay.counters.dropped, {"malformed header": 4})
 
+    def test_onlyFromDestinations(self) -> None:
+        """Only addresses the client has sent to may send it datagrams."""
+        relay = self.relay()
+        relay.datagramReceived(datagram("192.0.2.1", 53, b"query"), CLIENT)
+        [side] = self.sides()
+        side.protocol.datagramReceived(b"stranger", ("192.0.2.66", 53))
+        side.protocol.datagramReceived(b"other port", ("192.0.2.1", 5353))
+        self.assertEqual(
+            [d for d, _ in self.clientSide.written], [datagram("192.0.2.1", 5353, b"other port")]
+        )
+        self.assertEqual(relay.counters.dropped, {"not from a destination of the client": 1})
+
+    def test_malformedDoesNotLockPort(self) -> None:
+        """The client's port is learned from its first well-formed datagram."""
+        relay = self.relay()
+        relay.datagramReceived(b"\x00\x00", ("127.0.0.1", 7000))
+        relay.datagramReceived(datagram("192.0.2.1", 53, b"ok"), CLIENT)
+        self.assertEqual(relay.clientPort, CLIENT[1])
+
     def test_replyBeforeClientKnown(self) -> None:
         """Nothing can go to a client whose port is not known yet."""
-        relay = self.relay()
+        relay = self.relay(clientPort=6000)
+        relay.datagramReceived(datagram("192.0.2.1", 53, b"x"), ("127.0.0.1", 6000))
+        relay.clientPort = None
         relay.fromDestination(b"early", ("192.0.2.1", 53))
         self.assertEqual(self.clientSide.written, [])
         self.assertEqual(relay.counters.dropped, {"client port not known yet": 1})

@@ -6,8 +6,9 @@ control connection lives.
 Each association has its own client-facing socket, bound on the address the
 client reached the TCP port on, and (made when first needed) one socket per
 address family towards destinations.  Only datagrams from the client's own
-address reach destinations; replies from destinations go back to the client
-with the RFC header naming the destination's real address.  Fragments
+address reach destinations; datagrams from addresses the client has sent to
+go back to the client with the RFC header naming their real address, and
+datagrams from anywhere else are dropped.  Fragments
 (FRAG != 0) and malformed headers are dropped and counted, never raised.
 """
 
@@ -47,6 +48,10 @@ RESOLVE_TIMEOUT = 10.0
 
 #: Datagrams held per association while names resolve; more are dropped.
 MAX_QUEUED = 64
+
+#: Destination addresses remembered per association: only they may send
+#: datagrams back to the client (the memory starts over when full).
+MAX_CONTACTED = 4096
 
 
 @dataclass
@@ -120,6 +125,7 @@ class UDPRelay(DatagramProtocol):
         self._names: dict[str, tuple[float, list[str]]] = {}
         self._waiting: dict[str, list[tuple[bytes, int]]] = {}
         self._queued = 0
+        self._contacted: set[str] = set()
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------
@@ -165,12 +171,7 @@ class UDPRelay(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         """A datagram arrived on the client-facing socket."""
         host, port = addr
-        if host != self.clientHost:
-            self.counters.drop("not from the client")
-            return
-        if self.clientPort is None:
-            self.clientPort = port
-        elif port != self.clientPort:
+        if host != self.clientHost or (self.clientPort is not None and port != self.clientPort):
             self.counters.drop("not from the client")
             return
         try:
@@ -178,6 +179,9 @@ class UDPRelay(DatagramProtocol):
         except wire.ProtocolError:
             self.counters.drop("malformed header")
             return
+        if self.clientPort is None:
+            # Learned from the first well-formed datagram.
+            self.clientPort = port
         if header.fragment:
             self.counters.drop("fragment")
             return
@@ -188,6 +192,9 @@ class UDPRelay(DatagramProtocol):
             self._sendTo(destination.host, destination.port, payload)
 
     def _sendTo(self, ip: str, port: int, payload: bytes) -> None:
+        if ip.startswith("::ffff:"):
+            # IPv4-mapped: send (and so match answers) as the IPv4 address it is.
+            ip = wire.Address.fromHost(ip, port).host
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         side = self._sides.get(family)
         if side is None:
@@ -200,6 +207,11 @@ class UDPRelay(DatagramProtocol):
         except (OSError, error.MessageLengthError, error.InvalidAddressError):
             self.counters.drop("send failed")
             return
+        contacted = self._contacted
+        if ip not in contacted:
+            if len(contacted) >= MAX_CONTACTED:
+                contacted.clear()
+            contacted.add(ip)
         self.counters.datagramsUp += 1
         self.counters.bytesUp += len(payload)
 
@@ -253,7 +265,13 @@ class UDPRelay(DatagramProtocol):
     # -- destination to client ----------------------------------------------
 
     def fromDestination(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        """A destination sent C{datagram}: pass it to the client with a header."""
+        """
+        A datagram arrived from a destination: pass it to the client with
+        a header, if it comes from an address the client has sent to.
+        """
+        if addr[0] not in self._contacted:
+            self.counters.drop("not from a destination of the client")
+            return
         if self.clientPort is None or self.transport is None:
             self.counters.drop("client port not known yet")
             return
