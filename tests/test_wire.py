@@ -212,14 +212,29 @@ class AddressTests(SynchronousTestCase):
         """IPv4-mapped IPv6 addresses (from dual-stack sockets) become IPv4."""
         self.assertEqual(Address.fromHost("::ffff:127.0.0.1", 5), Address(AddressType.IPV4, "127.0.0.1", 5))
 
+    @given(st.text(max_size=60), ports)
+    def test_fromHostAnyText(self, host: str, port: int) -> None:
+        """Any text (surrogates included) is an IP literal or a name, never a crash."""
+        try:
+            Address.fromHost(host, port)
+        except ValueError:
+            pass  # Too long or empty for a domain name.
+
     def test_fromHostScope(self) -> None:
         self.assertEqual(Address.fromHost("fe80::1%eth0", 5), Address(AddressType.IPV6, "fe80::1", 5))
+
+    def test_scopedEncode(self) -> None:
+        """A scope ID (meaningless to a peer) is left out of the encoding."""
+        scoped = Address(AddressType.IPV6, "fe80::1%eth0", 80)
+        self.assertEqual(scoped.encode(), Address(AddressType.IPV6, "fe80::1", 80).encode())
 
     def test_invalid(self) -> None:
         self.assertRaises(ValueError, Address, AddressType.IPV4, "::1", 1)
         self.assertRaises(ValueError, Address, AddressType.IPV4, "1.2.3.4", 70000)
         self.assertRaises(ValueError, Address, AddressType.DOMAIN, "", 1)
         self.assertRaises(ValueError, Address, AddressType.DOMAIN, "a" * 256, 1)
+        self.assertRaises(ValueError, Address.fromHost, "127.0.0.1", 65536)
+        self.assertRaises(ValueError, Address.fromHost, "a.test", -1)
 
     def test_strEscapes(self) -> None:
         """Names that are not UTF-8 or hold control characters print safely."""

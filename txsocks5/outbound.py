@@ -6,7 +6,6 @@ RFC 1928 REP codes.
 from __future__ import annotations
 
 import errno
-import ipaddress
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail
@@ -93,13 +92,16 @@ class DirectOutbound:
 
     def connect(self, address: wire.Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         """Connect to C{address}; see L{IOutbound.connect}."""
+        if address.type == wire.AddressType.DOMAIN:
+            # An IP literal sent as a name (curl does this) is not resolved.
+            address = wire.Address.fromHost(address.host, address.port)
         host = address.host
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
         endpoint: IStreamClientEndpoint
-        if ip is None:
+        if address.type == wire.AddressType.IPV4:
+            endpoint = TCP4ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
+        elif address.type == wire.AddressType.IPV6:
+            endpoint = TCP6ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
+        else:
             try:
                 host.encode("idna")
                 endpoint = HostnameEndpoint(
@@ -111,10 +113,6 @@ class DirectOutbound:
                 )
             except (UnicodeError, ValueError) as e:
                 return fail(error.DNSLookupError(f"invalid host name: {e}"))
-        elif ip.version == 4:
-            endpoint = TCP4ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
-        else:
-            endpoint = TCP6ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
         d = endpoint.connect(protocolFactory)
         clock: IReactorTime = self._reactor  # type: ignore[assignment]
         return d.addTimeout(self._timeout, clock)

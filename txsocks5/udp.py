@@ -126,6 +126,7 @@ class UDPRelay(DatagramProtocol):
         self._waiting: dict[str, list[tuple[bytes, int]]] = {}
         self._queued = 0
         self._contacted: set[str] = set()
+        self._headers: dict[tuple[str, int], bytes] = {}  # For answers, by source.
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------
@@ -275,7 +276,12 @@ class UDPRelay(DatagramProtocol):
         if self.clientPort is None or self.transport is None:
             self.counters.drop("client port not known yet")
             return
-        header = wire.UDPHeader(0, wire.Address.fromHost(addr[0], addr[1])).encode()
+        header = self._headers.get(addr)
+        if header is None:
+            if len(self._headers) >= MAX_CONTACTED:
+                self._headers.clear()
+            header = wire.UDPHeader(0, wire.Address.fromHost(addr[0], addr[1])).encode()
+            self._headers[addr] = header
         try:
             self.transport.write(header + datagram, (self.clientHost, self.clientPort))
         except (OSError, error.MessageLengthError):

@@ -21,6 +21,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Generic, TypeVar
 
 __all__ = [
@@ -142,11 +143,28 @@ class Address:
             ipaddress.IPv6Address(self.host)
 
     @classmethod
+    def _parsed(cls, type: AddressType, host: str, port: int) -> Address:
+        """An address the parser has already checked: no second validation."""
+        address = object.__new__(cls)
+        object.__setattr__(address, "type", type)
+        object.__setattr__(address, "host", host)
+        object.__setattr__(address, "port", port)
+        return address
+
+    @classmethod
     def fromHost(cls, host: str, port: int) -> Address:
         """
         The address for C{host}: an IP literal if it parses as one, otherwise
         a domain name.  IPv4-mapped IPv6 literals become plain IPv4.
         """
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port out of range: {port}")
+        try:
+            inet_pton(AF_INET, host)  # The common case, checked cheaply.
+        except (OSError, UnicodeError):
+            pass
+        else:
+            return cls._parsed(AddressType.IPV4, host, port)
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -160,11 +178,10 @@ class Address:
     def encode(self) -> bytes:
         """ATYP, the address and the port, as they appear on the wire."""
         if self.type == AddressType.IPV4:
-            raw = ipaddress.IPv4Address(self.host).packed
-            return bytes([AddressType.IPV4]) + raw + struct.pack("!H", self.port)
+            return b"\x01" + inet_pton(AF_INET, self.host) + self.port.to_bytes(2, "big")
         if self.type == AddressType.IPV6:
-            raw = ipaddress.IPv6Address(self.host).packed
-            return bytes([AddressType.IPV6]) + raw + struct.pack("!H", self.port)
+            raw = inet_pton(AF_INET6, self.host.split("%", 1)[0])
+            return b"\x04" + raw + self.port.to_bytes(2, "big")
         name = _encodeDomain(self.host)
         return bytes([AddressType.DOMAIN, len(name)]) + name + struct.pack("!H", self.port)
 
@@ -307,7 +324,7 @@ def _parseAddress(data: bytes, offset: int) -> tuple[Address, int] | None:
         end = offset + 1 + 4
         if len(data) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(data[offset + 1 : end]))
+        host = f"{data[offset + 1]}.{data[offset + 2]}.{data[offset + 3]}.{data[offset + 4]}"
         kind = AddressType.IPV4
     elif atyp == AddressType.IPV6:
         end = offset + 1 + 16
@@ -328,8 +345,7 @@ def _parseAddress(data: bytes, offset: int) -> tuple[Address, int] | None:
         kind = AddressType.DOMAIN
     else:
         raise ProtocolError(f"unknown address type {atyp:#04x}", Reply.ADDRESS_TYPE_NOT_SUPPORTED)
-    (port,) = struct.unpack_from("!H", data, end)
-    return Address(kind, host, port), end + 2
+    return Address._parsed(kind, host, (data[end] << 8) | data[end + 1]), end + 2
 
 
 def _checkVersion(data: bytes, expected: int, what: str) -> None:
