@@ -21,6 +21,7 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
+from txsocks5._reactor import installFastReactor
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.server import SOCKS5Factory
@@ -145,7 +146,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["methods"].append(available[name])
 
     def postOptions(self) -> None:
-        """Check the options and fill in defaults."""
+        """
+        Check the options and fill in defaults.
+
+        Unless a reactor is installed already (C{twistd --reactor=...}, or
+        a program that imported one), this installs txsocks5's faster epoll
+        reactor (see L{txsocks5._reactor}).
+        """
+        installFastReactor()
         from twisted.internet import reactor
 
         if not self["ports"]:
