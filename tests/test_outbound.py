@@ -82,8 +82,16 @@ class DirectOutboundTests(SynchronousTestCase):
         self.assertEqual(replyForFailure(failure), wire.Reply.HOST_UNREACHABLE)
 
     def test_timeout(self) -> None:
-        """An attempt that takes longer than the timeout fails as timed out."""
-        d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
+        """A named attempt that takes longer than the timeout fails as timed out."""
+        d = self.outbound.connect(wire.Address.fromHost("slow.test", 80), self.factory)
         self.reactor.advance(7)
         failure = self.failureResultOf(d)
         self.assertEqual(replyForFailure(failure), wire.Reply.TTL_EXPIRED)
+
+    def test_literalTimeout(self) -> None:
+        """A literal's attempt times out by the connect's own timeout."""
+        d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
+        [(_, _, factory, timeout, _)] = self.reactor.tcpClients
+        self.assertEqual(timeout, 7)
+        factory.clientConnectionFailed(None, Failure(error.TimeoutError()))
+        self.assertEqual(replyForFailure(self.failureResultOf(d)), wire.Reply.TTL_EXPIRED)

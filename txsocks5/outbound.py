@@ -114,5 +114,9 @@ class DirectOutbound:
             except (UnicodeError, ValueError) as e:
                 return fail(error.DNSLookupError(f"invalid host name: {e}"))
         d = endpoint.connect(protocolFactory)
-        clock: IReactorTime = self._reactor  # type: ignore[assignment]
-        return d.addTimeout(self._timeout, clock)
+        if address.type == wire.AddressType.DOMAIN:
+            # HostnameEndpoint's timeout is per attempt: bound the whole of it.
+            # (For a literal, the connect's own timeout is the whole attempt.)
+            clock: IReactorTime = self._reactor  # type: ignore[assignment]
+            d.addTimeout(self._timeout, clock)
+        return d
