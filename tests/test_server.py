@@ -14,7 +14,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -349,6 +349,11 @@ class AccountingTests(ServerTestCase):
         )
         self.assertEqual(event["duration"], 2)
         self.assertTrue(target.disconnecting)
+        self.assertEqual(
+            formatEvent(event),
+            "session succeeded: client=127.0.0.1:50000 user=None command=connect "
+            "destination=192.0.2.7:80 up=5 down=3 duration=2.000s",
+        )
 
     def test_refusedOutcome(self) -> None:
         protocol, transport = self.connect()
