@@ -16,6 +16,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocks5._fastpath import directWriter
+
 __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory"]
 
 
@@ -66,6 +68,8 @@ class TCPRelay:
         self._idleCall: IDelayedCall | None = None
         self._finWaitCall: IDelayedCall | None = None
         self._lastTotal = -1
+        self.writeTarget = directWriter(target)
+        self.writeClient = directWriter(client)
 
     def start(self, pending: bytes = b"", clientEnded: bool = False) -> None:
         """
@@ -89,12 +93,12 @@ class TCPRelay:
     def clientData(self, data: bytes) -> None:
         """The client sent C{data}: pass it to the target."""
         self.bytesUp += len(data)
-        self.target.write(data)
+        self.writeTarget(data)
 
     def targetData(self, data: bytes) -> None:
         """The target sent C{data}: pass it to the client."""
         self.bytesDown += len(data)
-        self.client.write(data)
+        self.writeClient(data)
 
     def clientReadClosed(self) -> None:
         """The client sent a FIN: half-close towards the target."""
@@ -201,7 +205,7 @@ class TargetProtocol(Protocol):
         relay = self.relay
         if relay is not None:
             relay.bytesDown += len(data)
-            relay.client.write(data)
+            relay.writeClient(data)
         elif self._early is None:
             self._early = [data]
         else:

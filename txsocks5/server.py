@@ -121,7 +121,7 @@ class SOCKS5ServerProtocol(Protocol):
         relay = self._relay
         if relay is not None:
             relay.bytesUp += len(data)
-            relay.target.write(data)
+            relay.writeTarget(data)
             return
         if self._step is None:
             if self._holding:

@@ -21,7 +21,7 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
-from txsocks5._reactor import installFastReactor
+from txsocks5._fastpath import installFastReactor
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.server import SOCKS5Factory
@@ -151,7 +151,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
         Unless a reactor is installed already (C{twistd --reactor=...}, or
         a program that imported one), this installs txsocks5's faster epoll
-        reactor (see L{txsocks5._reactor}).
+        reactor (see L{txsocks5._fastpath}).
         """
         installFastReactor()
         from twisted.internet import reactor

@@ -1,0 +1,95 @@
+"""
+Tests for L{txsocks5._fastpath}: when the speed-ups are used, and that
+both they and the public paths they replace carry data right.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests import test_integration as integration
+from tests.support import IntegrationTestCase, socksConnect, startTwistd
+from tests.test_integration import echoRoundTrip, startEcho
+from txsocks5 import _fastpath
+
+
+class AvailabilityTests(SynchronousTestCase):
+    """The fast reactor is used only where its Twisted internals were checked."""
+
+    def test_testedVersion(self) -> None:
+        if _fastpath.epollreactor is None:
+            raise SkipTest("no epoll on this platform")
+        self.patch(_fastpath, "_twistedVersion", lambda: _fastpath.TESTED_TWISTED[0])
+        self.assertTrue(_fastpath.fastReactorAvailable())
+
+    def test_untestedVersion(self) -> None:
+        """Another Twisted release gets the stock reactor."""
+        self.patch(_fastpath, "_twistedVersion", lambda: "99.1")
+        self.assertFalse(_fastpath.fastReactorAvailable())
+
+    def test_alreadyInstalled(self) -> None:
+        """A reactor chosen before (here: trial's) is never replaced."""
+        self.assertFalse(_fastpath.installFastReactor())
+
+
+class TwistdReactorTests(IntegrationTestCase):
+    """CONNECT through twistd on the fast reactor and on the stock one."""
+
+    async def serveThrough(self, *twistdArgs: str) -> bytes:
+        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", twistdArgs=twistdArgs)
+        port = await child.listening
+        _, targetPort = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(("127.0.0.1", port), "127.0.0.1", targetPort)
+            with sock:
+                return echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        return bytes(child.output)
+
+    async def test_fastByDefault(self) -> None:
+        if not _fastpath.fastReactorAvailable():
+            raise SkipTest("the fast reactor is not used with this Twisted")
+        output = await self.serveThrough()
+        self.assertIn(b"reactor class: txsocks5._fastpath.FastEPollReactor", output)
+
+    async def test_stockWhenChosen(self) -> None:
+        """twistd --reactor=epoll keeps Twisted's own reactor, and it works as well."""
+        output = await self.serveThrough("--reactor=epoll")
+        self.assertIn(b"reactor class: twisted.internet.epollreactor.EPollReactor", output)
+
+
+class DirectWriterTests(SynchronousTestCase):
+    """Which transports get the direct write."""
+
+    def test_publicPathForOtherTransports(self) -> None:
+        transport = StringTransport()
+        self.assertEqual(_fastpath.directWriter(transport), transport.write)
+
+    def test_publicPathForUntestedTwisted(self) -> None:
+        """With the internals unchecked, even a TCP connection gets its own write."""
+        self.patch(_fastpath, "_directWritesAvailable", False)
+        transport = tcp.Connection.__new__(tcp.Connection)
+        self.assertEqual(_fastpath.directWriter(transport), transport.write)
+
+
+class PublicWritePathBulkTests(integration.BulkTransferTests):
+    """The bulk transfer of L{integration.BulkTransferTests}, without direct writes."""
+
+    size = 16 * 1024 * 1024
+
+    def setUp(self) -> None:
+        self.patch(_fastpath, "_directWritesAvailable", False)
+        super().setUp()
+
+
+class PublicWritePathHalfCloseTests(integration.HalfCloseTests):
+    """The half-closes of L{integration.HalfCloseTests}, without direct writes."""
+
+    def setUp(self) -> None:
+        self.patch(_fastpath, "_directWritesAvailable", False)
+        super().setUp()

@@ -1,0 +1,145 @@
+"""
+The speed-ups that rely on Twisted internals, kept in this one module.
+
+- L{FastEPollReactor}: Twisted's poll loop wraps every I/O event in
+  C{log.callWithLogger}, which looks up the selectable's log prefix and
+  pushes a logging context, several microseconds per event, paid many
+  times per connection.  This epoll reactor dispatches straight to
+  C{_doReadOrWrite}, which already catches and logs what application code
+  raises.  C{twistd socks5} installs it unless a reactor was chosen
+  (C{twistd --reactor=...}).  The only visible difference: legacy
+  C{log.msg} lines from Twisted's own transports show C{-} instead of the
+  protocol's log prefix.
+- L{directWriter}: a relay's write that sends straight to the socket when
+  nothing is waiting in the transport's buffer, instead of buffering and
+  waiting a trip through the poll loop for the socket to be writable.
+
+Both are used only with the Twisted releases they were checked against
+(L{TESTED_TWISTED}) and where the internals look as expected; otherwise
+the public path (the stock reactor, C{transport.write}) is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable
+
+from twisted.internet import tcp
+from twisted.python.log import err
+
+__all__ = [
+    "FastEPollReactor",
+    "TESTED_TWISTED",
+    "directWriter",
+    "fastReactorAvailable",
+    "installFastReactor",
+]
+
+#: Twisted releases (major.minor) whose epoll reactor internals were checked.
+TESTED_TWISTED = ("26.10",)
+
+try:
+    from twisted.internet import epollreactor
+except ImportError:  # Not Linux.
+    epollreactor = None  # type: ignore[assignment]
+
+
+def _twistedVersion() -> str:
+    import twisted
+
+    return ".".join(twisted.__version__.split(".")[:2])
+
+
+def fastReactorAvailable() -> bool:
+    """Whether L{FastEPollReactor} can be used with this Twisted."""
+    if epollreactor is None or _twistedVersion() not in TESTED_TWISTED:
+        return False
+    base = epollreactor.EPollReactor
+    return all(hasattr(base, name) for name in ("_doReadOrWrite", "doPoll"))
+
+
+_directWritesAvailable = _twistedVersion() in TESTED_TWISTED and all(
+    hasattr(tcp.Connection, name)
+    for name in ("offset", "dataBuffer", "_writeDisconnecting", "_writeDisconnected")
+)
+
+
+if epollreactor is not None:
+
+    class FastEPollReactor(epollreactor.EPollReactor):
+        """L{epollreactor.EPollReactor} without the per-event logging context."""
+
+        def doPoll(self, timeout: float | None) -> None:
+            """Poll for events and dispatch each to its selectable."""
+            if timeout is None:
+                timeout = -1  # Wait indefinitely.
+            try:
+                events = self._poller.poll(timeout, len(self._selectables))
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    return
+                raise
+            dispatch = self._doReadOrWrite
+            selectables = self._selectables
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    try:
+                        dispatch(selectable, fd, event)
+                    except Exception:
+                        err(None, "Unhandled error dispatching an I/O event")
+
+        doIteration = doPoll
+
+else:  # pragma: no cover - only without epoll
+    FastEPollReactor = None  # type: ignore[assignment,misc]
+
+
+def installFastReactor() -> bool:
+    """
+    Install L{FastEPollReactor} as the global reactor, unless a reactor is
+    installed already or it is not available; return whether it was.
+    """
+    if "twisted.internet.reactor" in sys.modules or not fastReactorAvailable():
+        return False
+    from twisted.internet.main import installReactor
+
+    installReactor(FastEPollReactor())
+    return True
+
+
+def directWriter(transport: object) -> Callable[[bytes], None]:
+    """
+    A function that writes to C{transport} like its C{write}, but first
+    tries to send straight to the socket when nothing is waiting to be
+    written, which saves a trip through the poll loop per chunk.
+
+    For anything but a plain (non-TLS) Twisted TCP connection of a tested
+    Twisted release, it is C{transport.write} itself.
+    """
+    write: Callable[[bytes], None] = transport.write  # type: ignore[attr-defined]
+    if not _directWritesAvailable or not isinstance(transport, tcp.Connection) or transport.TLS:
+        return write
+    conn = transport
+    send = conn.socket.send
+
+    def writeDirect(data: bytes) -> None:
+        if (
+            not conn._tempDataLen
+            and conn.offset == len(conn.dataBuffer)
+            and conn.connected
+            and not conn.disconnecting
+            and not conn._writeDisconnecting
+            and not conn._writeDisconnected
+        ):
+            try:
+                sent = send(data)
+            except OSError:
+                sent = 0  # Full (EAGAIN), or an error Twisted's own write will meet.
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(data)
+
+    return writeDirect
