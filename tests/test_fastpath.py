@@ -67,14 +67,16 @@ class DirectWriterTests(SynchronousTestCase):
     """Which transports get the direct write."""
 
     def test_publicPathForOtherTransports(self) -> None:
-        transport = StringTransport()
-        self.assertEqual(_fastpath.directWriter(transport), transport.write)
+        self.assertFalse(_fastpath.canWriteDirectly(StringTransport()))
+
+    def test_tcp(self) -> None:
+        transport = tcp.Connection.__new__(tcp.Connection)
+        self.assertEqual(_fastpath.canWriteDirectly(transport), _fastpath._directWritesAvailable)
 
     def test_publicPathForUntestedTwisted(self) -> None:
         """With the internals unchecked, even a TCP connection gets its own write."""
         self.patch(_fastpath, "_directWritesAvailable", False)
-        transport = tcp.Connection.__new__(tcp.Connection)
-        self.assertEqual(_fastpath.directWriter(transport), transport.write)
+        self.assertFalse(_fastpath.canWriteDirectly(tcp.Connection.__new__(tcp.Connection)))
 
 
 class PublicWritePathBulkTests(integration.BulkTransferTests):

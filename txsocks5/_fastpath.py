@@ -10,7 +10,7 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   (C{twistd --reactor=...}).  The only visible difference: legacy
   C{log.msg} lines from Twisted's own transports show C{-} instead of the
   protocol's log prefix.
-- L{directWriter}: a relay's write that sends straight to the socket when
+- L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
 
@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Callable
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
 __all__ = [
     "FastEPollReactor",
     "TESTED_TWISTED",
-    "directWriter",
+    "canWriteDirectly",
+    "writeDirectly",
+    "writePublicly",
     "fastReactorAvailable",
     "installFastReactor",
 ]
@@ -109,37 +111,41 @@ def installFastReactor() -> bool:
     return True
 
 
-def directWriter(transport: object) -> Callable[[bytes], None]:
+def canWriteDirectly(transport: object) -> bool:
     """
-    A function that writes to C{transport} like its C{write}, but first
-    tries to send straight to the socket when nothing is waiting to be
-    written, which saves a trip through the poll loop per chunk.
+    Whether L{writeDirectly} may be used with C{transport}: a plain
+    (non-TLS) Twisted TCP connection, with a Twisted release it was
+    checked against.
+    """
+    return _directWritesAvailable and isinstance(transport, tcp.Connection) and not transport.TLS
 
-    For anything but a plain (non-TLS) Twisted TCP connection of a tested
-    Twisted release, it is C{transport.write} itself.
+
+def writeDirectly(transport: tcp.Connection, data: bytes) -> None:
     """
-    write: Callable[[bytes], None] = transport.write  # type: ignore[attr-defined]
-    if not _directWritesAvailable or not isinstance(transport, tcp.Connection) or transport.TLS:
-        return write
+    Write C{data} to C{transport} as its C{write} would, but send it to the
+    socket at once when nothing is waiting to be written: that saves a trip
+    through the poll loop per chunk.  What the socket does not take is left
+    to C{transport.write} (and so to its producer pausing).
+    """
     conn = transport
-    send = conn.socket.send
+    if (
+        not conn._tempDataLen
+        and conn.offset == len(conn.dataBuffer)
+        and conn.connected
+        and not conn.disconnecting
+        and not conn._writeDisconnecting
+        and not conn._writeDisconnected
+    ):
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            sent = 0  # Full (EAGAIN), or an error Twisted's own write will meet.
+        if sent == len(data):
+            return
+        data = data[sent:]
+    conn.write(data)
 
-    def writeDirect(data: bytes) -> None:
-        if (
-            not conn._tempDataLen
-            and conn.offset == len(conn.dataBuffer)
-            and conn.connected
-            and not conn.disconnecting
-            and not conn._writeDisconnecting
-            and not conn._writeDisconnected
-        ):
-            try:
-                sent = send(data)
-            except OSError:
-                sent = 0  # Full (EAGAIN), or an error Twisted's own write will meet.
-            if sent == len(data):
-                return
-            data = data[sent:]
-        write(data)
 
-    return writeDirect
+def writePublicly(transport: ITransport, data: bytes) -> None:
+    """Write C{data} to C{transport} with its own C{write}."""
+    transport.write(data)

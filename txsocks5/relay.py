@@ -11,12 +11,15 @@ path is a write to the peer and an integer add, nothing more.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocks5._fastpath import directWriter
+from txsocks5._fastpath import canWriteDirectly, writeDirectly, writePublicly
 
 __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory"]
 
@@ -68,8 +71,13 @@ class TCPRelay:
         self._idleCall: IDelayedCall | None = None
         self._finWaitCall: IDelayedCall | None = None
         self._lastTotal = -1
-        self.writeTarget = directWriter(target)
-        self.writeClient = directWriter(client)
+        # Module functions, not closures: nothing more to keep per tunnel.
+        self._writeTarget: Callable[[Any, bytes], None] = (
+            writeDirectly if canWriteDirectly(target) else writePublicly
+        )
+        self._writeClient: Callable[[Any, bytes], None] = (
+            writeDirectly if canWriteDirectly(client) else writePublicly
+        )
 
     def start(self, pending: bytes = b"", clientEnded: bool = False) -> None:
         """
@@ -93,12 +101,12 @@ class TCPRelay:
     def clientData(self, data: bytes) -> None:
         """The client sent C{data}: pass it to the target."""
         self.bytesUp += len(data)
-        self.writeTarget(data)
+        self._writeTarget(self.target, data)
 
     def targetData(self, data: bytes) -> None:
         """The target sent C{data}: pass it to the client."""
         self.bytesDown += len(data)
-        self.writeClient(data)
+        self._writeClient(self.client, data)
 
     def clientReadClosed(self) -> None:
         """The client sent a FIN: half-close towards the target."""
@@ -205,7 +213,7 @@ class TargetProtocol(Protocol):
         relay = self.relay
         if relay is not None:
             relay.bytesDown += len(data)
-            relay.writeClient(data)
+            relay._writeClient(relay.client, data)
         elif self._early is None:
             self._early = [data]
         else:

@@ -120,8 +120,7 @@ class SOCKS5ServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         relay = self._relay
         if relay is not None:
-            relay.bytesUp += len(data)
-            relay.writeTarget(data)
+            relay.clientData(data)
             return
         if self._step is None:
             if self._holding:
