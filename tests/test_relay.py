@@ -8,7 +8,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import HalfCloseableStringTransport
-from txsocks5.relay import TargetProtocol, TCPRelay
+from txsocks5.relay import READ_SIZE, TargetProtocol, TCPRelay
 
 
 class RelayTests(SynchronousTestCase):
@@ -31,6 +31,13 @@ class RelayTests(SynchronousTestCase):
         self.assertTrue(self.target.streaming)
         self.assertIs(self.client.producer, self.target)
         self.assertTrue(self.client.streaming)
+
+    def test_readSize(self) -> None:
+        """Transports that read in chunks read L{READ_SIZE} at once in a tunnel."""
+        self.client.bufferSize = 65536  # type: ignore[attr-defined]
+        self.start()
+        self.assertEqual(self.client.bufferSize, READ_SIZE)  # type: ignore[attr-defined]
+        self.assertFalse(hasattr(self.target, "bufferSize"))
 
     def test_counts(self) -> None:
         relay = self.start()

@@ -21,7 +21,15 @@ from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, writeDirectly, writePublicly
 
-__all__ = ["TCPRelay", "TargetProtocol", "TargetFactory"]
+__all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE"]
+
+#: Bytes a tunnel reads from a socket at once (Twisted's default is 64 KiB).
+#: Once the relay's per-chunk Python work is gone, syscalls are the cost, so
+#: bigger reads mean fewer of them: 96-192 KiB measured 20-40% faster bulk
+#: here; 256 KiB and more were slower (glibc hands such buffers out with
+#: mmap).  A Twisted transport also pauses its producer once this much
+#: waits to be written, so it bounds what a slow reader holds up too.
+READ_SIZE = 128 * 1024
 
 
 def _shutdownWrite(transport: ITransport) -> None:
@@ -87,6 +95,9 @@ class TCPRelay:
             delivered to the target first.
         @param clientEnded: whether the client has already sent its FIN.
         """
+        for transport in (self.client, self.target):
+            if hasattr(transport, "bufferSize"):
+                transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         self.target.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.target, True)  # type: ignore[attr-defined]
         self._clientProduces = self._targetProduces = True
