@@ -14,10 +14,17 @@ import ipaddress
 import os
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.cred import strcred
 from twisted.cred.checkers import FilePasswordDB
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    quoteStringArgument,
+    serverFromString,
+)
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
@@ -26,6 +33,7 @@ from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
+from txsocks5.workers import ParentWatch, WorkerPool, workerArguments
 
 __all__ = ["Options", "makeService", "portDescription"]
 
@@ -76,6 +84,13 @@ def _positiveSeconds(value: str) -> float:
     return seconds
 
 
+def _workerCount(value: str) -> int:
+    count = int(value)
+    if not 1 <= count <= 256:
+        raise ValueError(f"not a number of workers (1 to 256): {value!r}")
+    return count
+
+
 def _portRange(value: str) -> tuple[int, int]:
     low, sep, high = value.partition("-")
     if not sep or not low.isdigit() or not high.isdigit() or not 0 < int(low) <= int(high) <= 65535:
@@ -113,6 +128,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["udp-idle-timeout", None, 300.0, "Seconds a UDP association may relay nothing.", _seconds],
         ["max-udp-associations", None, 1024, "UDP associations open at once.", _count],
         ["max-udp-per-client", None, 16, "UDP associations open at once per client address.", _count],
+        [
+            "workers",
+            None,
+            1,
+            "Processes serving the (TCP) ports; each serves its clients fully.",
+            _workerCount,
+        ],
     ]
     compData = usage.Completions(optActions={"bind-check": usage.CompleteList(PeerCheck.ALL)})
 
@@ -122,6 +144,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()
+        self["arguments"] = []
+        self["inherited"] = []
         self["ports"] = []
         self["methods"] = []
         self["bind-check"] = PeerCheck.ADDRESS
@@ -131,6 +155,22 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["ports"].append(portDescription(description))
 
     opt_p = opt_port
+
+    def opt_inherited_port(self, value: str) -> None:
+        """(Internal, for --workers) Serve on an inherited listening socket: FD:FAMILY."""
+        fd, _, family = value.partition(":")
+        if not fd.isdigit() or not family.isdigit():
+            raise usage.UsageError(f"--inherited-port {value}: expected FD:FAMILY")
+        self["inherited"].append((int(fd), int(family)))
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse C{options}, keeping them for the workers of C{--workers}."""
+        if options is None:
+            import sys
+
+            options = sys.argv[1:]
+        self["arguments"] = list(options)
+        super().parseOptions(options)
 
     def opt_bind_check(self, check: str) -> None:
         """Who may connect to a BIND: address (DST.ADDR, unless zeros), port (DST.ADDR and DST.PORT), or none (anyone). [default: address]"""  # noqa: E501
@@ -159,11 +199,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if not self["ports"]:
             self["ports"].append(portDescription(DEFAULT_PORT))
         endpoints: list[IStreamServerEndpoint] = []
-        for description in self["ports"]:
-            try:
-                endpoints.append(serverFromString(reactor, description))
-            except Exception as e:
-                raise usage.UsageError(f"--port {description}: {e}") from None
+        if self["inherited"]:
+            # A worker of --workers: serve the parent's sockets.
+            endpoints = [AdoptedStreamServerEndpoint(reactor, fd, family) for fd, family in self["inherited"]]
+        else:
+            for description in self["ports"]:
+                try:
+                    endpoint = serverFromString(reactor, description)
+                except Exception as e:
+                    raise usage.UsageError(f"--port {description}: {e}") from None
+                if self["workers"] > 1 and not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+                    raise usage.UsageError(
+                        f"--port {description}: --workers serves tcp: and tcp6: ports only"
+                    )
+                endpoints.append(endpoint)
         self["endpoints"] = endpoints
         advertise = self["udp-advertise"]
         if advertise is not None:
@@ -190,9 +239,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--auth is given but no method offered uses it")
 
 
-def makeService(options: Options | dict[str, Any]) -> SOCKS5Service:
+def makeService(options: Options | dict[str, Any]) -> Service:
     """Build the service that C{twistd socks5} runs from parsed L{Options}."""
     from twisted.internet import reactor
+
+    if options.get("workers", 1) > 1:
+        return WorkerPool(options["endpoints"], options["workers"], workerArguments(options["arguments"]))
+    if options.get("inherited"):
+        from twisted.internet.stdio import StandardIO
+
+        StandardIO(ParentWatch())
 
     factory = SOCKS5Factory(
         authenticators=options["methods"],

@@ -1,0 +1,214 @@
+"""
+C{--workers N}: several processes serve the same listening sockets.
+
+The parent (the C{twistd socks5} the user started) binds every TCP port,
+never accepts on them itself, and runs N worker processes, each a
+C{twistd socks5} of its own that adopts the parent's sockets and serves
+clients completely: CONNECT, BIND and UDP ASSOCIATE all live in the worker
+that accepted the client.  The kernel spreads new connections over the
+workers.  A worker that dies is started again; stopping the parent
+(SIGTERM) stops every worker; a worker whose parent is gone (its stdin
+closes) stops too.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Sequence
+
+from twisted.application.service import Service
+from twisted.internet import error
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsocks5.server import describeAddress
+
+__all__ = ["WorkerPool", "ParentWatch", "workerArguments"]
+
+log = Logger()
+
+#: Seconds before a worker that exited on its own is started again.
+RESTART_DELAY = 1.0
+
+#: Seconds stopping workers may take before they are killed.
+STOP_TIMEOUT = 10.0
+
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def workerArguments(arguments: Sequence[str]) -> list[str]:
+    """
+    The C{socks5} arguments a worker gets: the parent's, less the ports and
+    the worker count (a worker is told which sockets to adopt instead).
+    """
+    result: list[str] = []
+    skip = False
+    for arg in arguments:
+        if skip:
+            skip = False
+        elif arg in ("--port", "-p", "--workers"):
+            skip = True
+        elif arg.startswith(("--port=", "--workers=")) or (arg.startswith("-p") and not arg.startswith("--")):
+            pass
+        else:
+            result.append(arg)
+    return result
+
+
+class _Unused(Factory):
+    """The factory of the parent's own ports, which never accept."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: object) -> Protocol | None:  # type: ignore[override]
+        return None
+
+
+class _Worker(ProcessProtocol):
+    """One worker process, as the parent sees it."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        log.info("txsocks5 worker {index} started (pid {pid})", index=self.index, pid=self.transport.pid)  # type: ignore[union-attr]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.pool._workerEnded(self, reason)
+
+
+class WorkerPool(Service):
+    """
+    Binds C{endpoints} and keeps C{count} worker processes serving them.
+
+    @param endpoints: TCP server endpoints (IPv4 or IPv6).
+    @param count: how many workers.
+    @param arguments: the C{socks5} arguments each worker gets (see
+        L{workerArguments}).
+    """
+
+    name = "socks5-workers"
+
+    def __init__(
+        self,
+        endpoints: Sequence[IStreamServerEndpoint],
+        count: int,
+        arguments: Sequence[str],
+        reactor: object = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.endpoints = list(endpoints)
+        self.count = count
+        self.arguments = list(arguments)
+        self.ports: list[IListeningPort] = []
+        self.workers: dict[int, _Worker] = {}
+        self._stopping = False
+
+    def privilegedStartService(self) -> None:
+        """Bind every port (before twistd drops privileges)."""
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        """Start the workers."""
+        super().startService()
+        self._bind()
+        self._stopping = False
+        log.info(
+            "txsocks5 serving SOCKS5 on {listeners} with {count} workers",
+            listeners=", ".join(describeAddress(p.getHost()) for p in self.ports),
+            count=self.count,
+        )
+        for index in range(self.count):
+            self._spawn(index)
+
+    def stopService(self) -> Deferred[object]:
+        """Stop every worker (SIGTERM, then SIGKILL), then stop listening."""
+        super().stopService()
+        self._stopping = True
+        waits = []
+        for worker in list(self.workers.values()):
+            waits.append(worker.ended)
+            _signal(worker, "TERM")
+            kill = self._reactor.callLater(STOP_TIMEOUT, _signal, worker, "KILL")  # type: ignore[attr-defined]
+            worker.ended.addBoth(_cancel, kill)
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
+        return gatherResults(waits)  # type: ignore[return-value]
+
+    def _bind(self) -> None:
+        if self.ports:
+            return
+        for endpoint in self.endpoints:
+            d = endpoint.listen(_Unused())
+            bound: list[IListeningPort] = []
+            failed: list[Failure] = []
+            d.addCallbacks(bound.append, failed.append)
+            if failed:
+                sys.exit(f"txsocks5: {failed[0].getErrorMessage()}")
+            port = bound[0]
+            port.stopReading()  # type: ignore[attr-defined]  # The workers accept.
+            self.ports.append(port)
+
+    def _spawn(self, index: int) -> None:
+        worker = _Worker(self, index)
+        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        arguments = [sys.executable, "-c", _TWISTD, "--pidfile=", "-n", "socks5", *self.arguments]
+        for fd, port in enumerate(self.ports, start=3):
+            childFDs[fd] = port.fileno()  # type: ignore[attr-defined]
+            family = socket.AF_INET6 if ":" in port.getHost().host else socket.AF_INET  # type: ignore[attr-defined]
+            arguments += ["--inherited-port", f"{fd}:{int(family)}"]
+        self.workers[index] = worker
+        self._reactor.spawnProcess(  # type: ignore[attr-defined]
+            worker, sys.executable, arguments, env=None, childFDs=childFDs
+        )
+
+    def _workerEnded(self, worker: _Worker, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self._stopping or not self.running:
+            return
+        log.warn(
+            "txsocks5 worker {index} exited ({reason}); starting it again",
+            index=worker.index,
+            reason=reason.getErrorMessage(),
+        )
+        self._reactor.callLater(RESTART_DELAY, self._restart, worker.index)  # type: ignore[attr-defined]
+
+    def _restart(self, index: int) -> None:
+        if self.running and not self._stopping and index not in self.workers:
+            self._spawn(index)
+
+
+def _cancel(result: object, call: IDelayedCall) -> object:
+    if call.active():
+        call.cancel()
+    return result
+
+
+def _signal(worker: _Worker, name: str) -> None:
+    try:
+        worker.transport.signalProcess(name)  # type: ignore[union-attr]
+    except error.ProcessExitedAlready:
+        pass
+
+
+class ParentWatch(Protocol):
+    """In a worker: stop when the parent goes (its end of our stdin closes)."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        from twisted.internet import reactor
+
+        log.info("txsocks5 worker: parent gone, stopping")
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
