@@ -8,7 +8,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import HalfCloseableStringTransport
-from txsocks5.relay import READ_SIZE, TargetProtocol, TCPRelay
+from txsocks5.relay import FIRST_READ_SIZE, READ_SIZE, TargetProtocol, TCPRelay
 
 
 class RelayTests(SynchronousTestCase):
@@ -33,11 +33,20 @@ class RelayTests(SynchronousTestCase):
         self.assertTrue(self.client.streaming)
 
     def test_readSize(self) -> None:
-        """Transports that read in chunks read L{READ_SIZE} at once in a tunnel."""
-        self.client.bufferSize = 65536  # type: ignore[attr-defined]
-        self.start()
+        """
+        A side whose read fills Twisted's default read size reads
+        L{READ_SIZE} at once from then on; a side with small reads does not.
+        """
+        self.client.bufferSize = self.target.bufferSize = FIRST_READ_SIZE  # type: ignore[attr-defined]
+        relay = self.start()
+        relay.clientData(b"x" * 100)
+        relay.targetData(b"x" * 100)
+        self.assertEqual(self.client.bufferSize, FIRST_READ_SIZE)  # type: ignore[attr-defined]
+        relay.clientData(b"x" * FIRST_READ_SIZE)
         self.assertEqual(self.client.bufferSize, READ_SIZE)  # type: ignore[attr-defined]
-        self.assertFalse(hasattr(self.target, "bufferSize"))
+        self.assertEqual(self.target.bufferSize, FIRST_READ_SIZE)  # type: ignore[attr-defined]
+        relay.targetData(b"x" * FIRST_READ_SIZE)
+        self.assertEqual(self.target.bufferSize, READ_SIZE)  # type: ignore[attr-defined]
 
     def test_counts(self) -> None:
         relay = self.start()

@@ -21,15 +21,27 @@ from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, writeDirectly, writePublicly
 
-__all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE"]
+__all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE", "FIRST_READ_SIZE"]
 
-#: Bytes a tunnel reads from a socket at once (Twisted's default is 64 KiB).
-#: Once the relay's per-chunk Python work is gone, syscalls are the cost, so
-#: bigger reads mean fewer of them: 96-192 KiB measured 20-40% faster bulk
-#: here; 256 KiB and more were slower (glibc hands such buffers out with
-#: mmap).  A Twisted transport also pauses its producer once this much
-#: waits to be written, so it bounds what a slow reader holds up too.
+#: Bytes a bulk tunnel reads from a socket at once.  Once the relay's
+#: per-chunk Python work is gone, syscalls are the cost, so bigger reads mean
+#: fewer of them: 96-192 KiB measured 20-40% faster bulk than Twisted's
+#: 64 KiB; 256 KiB and more were slower (glibc hands such buffers out with
+#: mmap).  Every read allocates its full size first, which costs short
+#: sessions about 15% of handshake rate, so a side reads this much only once
+#: a read has filled Twisted's default (L{FIRST_READ_SIZE}).  A Twisted
+#: transport also pauses its producer once this much waits to be written,
+#: so it bounds what a slow reader holds up too.
 READ_SIZE = 128 * 1024
+
+#: Twisted's own read size, which every tunnel starts with.
+FIRST_READ_SIZE = 64 * 1024
+
+
+def _readMore(transport: ITransport) -> None:
+    """A side whose read filled the first read size is bulk: read more at once."""
+    if getattr(transport, "bufferSize", None) == FIRST_READ_SIZE:
+        transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
 
 
 def _shutdownWrite(transport: ITransport) -> None:
@@ -95,9 +107,6 @@ class TCPRelay:
             delivered to the target first.
         @param clientEnded: whether the client has already sent its FIN.
         """
-        for transport in (self.client, self.target):
-            if hasattr(transport, "bufferSize"):
-                transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
         self.target.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.target, True)  # type: ignore[attr-defined]
         self._clientProduces = self._targetProduces = True
@@ -111,12 +120,18 @@ class TCPRelay:
     # Per-chunk paths: one write, one add.
     def clientData(self, data: bytes) -> None:
         """The client sent C{data}: pass it to the target."""
-        self.bytesUp += len(data)
+        size = len(data)
+        self.bytesUp += size
+        if size == FIRST_READ_SIZE:
+            _readMore(self.client)
         self._writeTarget(self.target, data)
 
     def targetData(self, data: bytes) -> None:
         """The target sent C{data}: pass it to the client."""
-        self.bytesDown += len(data)
+        size = len(data)
+        self.bytesDown += size
+        if size == FIRST_READ_SIZE:
+            _readMore(self.target)
         self._writeClient(self.client, data)
 
     def clientReadClosed(self) -> None:
@@ -223,8 +238,7 @@ class TargetProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         relay = self.relay
         if relay is not None:
-            relay.bytesDown += len(data)
-            relay._writeClient(relay.client, data)
+            relay.targetData(data)
         elif self._early is None:
             self._early = [data]
         else:
