@@ -26,9 +26,10 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import reactor as _globalReactor
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -50,6 +51,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import directlyProvides, implementer, providedBy
@@ -894,3 +896,55 @@ def vmRSS(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise ValueError(f"no VmRSS for {pid}")
+
+
+def canBind(host: str, kind: int = socket.SOCK_STREAM) -> bool:
+    """Whether a socket of C{kind} can be bound on C{host} here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, kind) as s:
+            s.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needsIPv6(f: F) -> F:
+    """Skip a test when ::1 cannot be used."""
+    if not HAVE_IPV6:
+        f.skip = SKIP_IPV6  # type: ignore[attr-defined]
+    return f
+
+
+async def sleep(seconds: float) -> None:
+    """Let the reactor run for C{seconds}."""
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def waitFor(condition: Callable[[], bool], limit: float = 5.0, what: str = "condition") -> None:
+    """Poll C{condition} until true; fail after C{limit} seconds."""
+    deadline = time.monotonic() + limit
+    for _ in range(int(limit / 0.01) + 10):
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            break
+        await sleep(0.01)
+    raise AssertionError(f"timed out after {limit}s waiting for {what}")
+
+
+def watchSessions(testCase: TestCase) -> list[dict[str, Any]]:
+    """The session log events (namespace C{txsocks5.session}) of the rest of the test."""
+    events: list[dict[str, Any]] = []
+
+    @implementer(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "txsocks5.session":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    testCase.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events

@@ -22,39 +22,35 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SkipTest
-from zope.interface import implementer
 
 from tests.support import (
-    HAVE_IPV6,
     LOOPBACK4,
     LOOPBACK6,
-    SKIP_IPV6,
+    F,
     IntegrationTestCase,
     Server,
+    canBind,
     childEnvironment,
     connectTo,
     encodeRequest,
     freePort,
-    reactor,
+    needsIPv6,
     readReply,
     recvExactly,
     recvUntilClosed,
     runProcess,
     startTwistd,
+    waitFor,
+    watchSessions,
 )
 from txsocks5.bind import PeerCheck
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 #: A SOCKS5 reply as L{readReply} returns it: (REP, BND.ADDR, BND.PORT).
 Reply = tuple[int, str, int]
@@ -72,24 +68,7 @@ SOCKSIFY = shutil.which("socksify")
 SOCAT = shutil.which("socat")
 
 
-def _canBind(host: str) -> bool:
-    """Whether a TCP socket can be bound on C{host} here."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-    except OSError:
-        return False
-    return True
-
-
-HAVE_OTHER_LOOPBACK4 = _canBind(OTHER_LOOPBACK4)
-
-
-def needsIPv6(f: F) -> F:
-    """Skip a test when ::1 cannot be used."""
-    if not HAVE_IPV6:
-        f.skip = SKIP_IPV6  # type: ignore[attr-defined]
-    return f
+HAVE_OTHER_LOOPBACK4 = canBind(OTHER_LOOPBACK4)
 
 
 def needsOtherLoopback(f: F) -> F:
@@ -97,23 +76,6 @@ def needsOtherLoopback(f: F) -> F:
     if not HAVE_OTHER_LOOPBACK4:
         f.skip = f"{OTHER_LOOPBACK4} cannot be bound here"  # type: ignore[attr-defined]
     return f
-
-
-async def sleep(seconds: float) -> None:
-    """Let the reactor run for C{seconds}."""
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def waitFor(condition: Callable[[], bool], limit: float = 5.0, what: str = "condition") -> None:
-    """Poll C{condition} until true; fail after C{limit} seconds."""
-    deadline = time.monotonic() + limit
-    for _ in range(int(limit / 0.01) + 10):
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        await sleep(0.01)
-    raise AssertionError(f"timed out after {limit}s waiting for {what}")
 
 
 def portRangeFrom(size: int = 16) -> tuple[int, int]:
@@ -162,23 +124,6 @@ def recordListeners(server: Server) -> RecordingReactor:
 def isListening(port: IListeningPort) -> bool:
     """Whether a Twisted listening port still has its socket open."""
     return bool(getattr(port, "connected", False))
-
-
-def watchSessions(testCase: IntegrationTestCase) -> list[dict[str, Any]]:
-    """
-    Collect, for the rest of the test, the session log events (namespace
-    C{txsocks5.session}) the in-process server emits.
-    """
-    events: list[dict[str, Any]] = []
-
-    @implementer(ILogObserver)
-    def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "txsocks5.session":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testCase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 # -- a blocking BIND client and its peer (run them in threads) --------------

@@ -16,16 +16,14 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import socks
 from python_socks import ProxyError, ProxyType
 from python_socks.sync import Proxy
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest
@@ -35,12 +33,10 @@ from zope.interface import implementer
 
 from tests.support import (
     CURL,
-    HAVE_IPV6,
     LOOPBACK4,
     LOOPBACK6,
     SERVING_IPV6,
     SKIP_CURL,
-    SKIP_IPV6,
     EchoProtocol,
     HalfCloseFirstProtocol,
     IntegrationTestCase,
@@ -52,6 +48,7 @@ from tests.support import (
     encodeRequest,
     freePort,
     listenDualStack,
+    needsIPv6,
     pattern,
     processExitedCleanly,
     reactor,
@@ -59,44 +56,20 @@ from tests.support import (
     recvExactly,
     recvUntilClosed,
     runProcess,
+    sleep,
     socksConnect,
     startTarget,
     startTwistd,
     twistdCommand,
     vmRSS,
+    waitFor,
 )
 from txsocks5 import wire
 from txsocks5.auth import UsernamePasswordAuthentication
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 BODY = b"hello through txsocks5\n" * 50
 CREDENTIALS = (b"alice", b"secret")
 WRONG_CREDENTIALS = (b"alice", b"not-the-password")
-
-
-def needsIPv6(f: F) -> F:
-    """Skip a test when ::1 cannot be used."""
-    if not HAVE_IPV6:
-        f.skip = SKIP_IPV6  # type: ignore[attr-defined]
-    return f
-
-
-async def sleep(seconds: float) -> None:
-    """Let the reactor run for C{seconds}."""
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def waitFor(condition: Callable[[], bool], limit: float = 5.0, what: str = "condition") -> None:
-    """Poll C{condition} until true; fail after C{limit} seconds."""
-    deadline = time.monotonic() + limit
-    for _ in range(int(limit / 0.01) + 10):
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        await sleep(0.01)
-    raise AssertionError(f"timed out after {limit}s waiting for {what}")
 
 
 def echoRoundTrip(sock: socket.socket, payload: bytes = b"ping through the tunnel") -> bytes:

@@ -28,9 +28,7 @@ from typing import Any, NamedTuple
 import socks
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SkipTest
-from zope.interface import implementer
 
 from tests.support import (
     HAVE_IPV6,
@@ -40,18 +38,22 @@ from tests.support import (
     SOCKET_TIMEOUT,
     IntegrationTestCase,
     Server,
+    canBind,
     childEnvironment,
     connectTo,
     encodeAddress,
     encodeRequest,
+    needsIPv6,
     pattern,
     reactor,
     readReply,
     recvExactly,
     runProcess,
     startTwistd,
+    waitFor,
+    watchSessions,
 )
-from tests.test_integration import assertLogClean, needsIPv6, waitFor, watchLog
+from tests.test_integration import assertLogClean, watchLog
 
 #: A second loopback address: a "different host" that is still this one.
 LOOPBACK4_OTHER = "127.0.0.2"
@@ -73,17 +75,6 @@ def _skipDualStack() -> str | None:
     except OSError:
         return None
     return "IPv6 sockets are IPv6-only here (net.ipv6.bindv6only=1)" if v6only != "0" else None
-
-
-def _canBind(host: str) -> bool:
-    """Whether a UDP socket can be bound on C{host} here."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-    except OSError:
-        return False
-    return True
 
 
 SKIP_DUAL_STACK = _skipDualStack()
@@ -110,7 +101,9 @@ def _skipLocalhost() -> str | None:
 
 
 SKIP_LOCALHOST = _skipLocalhost()
-SKIP_OTHER_LOOPBACK = None if _canBind(LOOPBACK4_OTHER) else f"cannot bind {LOOPBACK4_OTHER}"
+SKIP_OTHER_LOOPBACK = (
+    None if canBind(LOOPBACK4_OTHER, socket.SOCK_DGRAM) else f"cannot bind {LOOPBACK4_OTHER}"
+)
 
 
 # -- UDP echo servers (in the reactor) --------------------------------------
@@ -326,20 +319,6 @@ class Association:
         except ConnectionResetError:
             pass
         return time.monotonic() - started
-
-
-def watchSessions(testCase: IntegrationTestCase) -> list[dict[str, Any]]:
-    """The session log events (namespace C{txsocks5.session}) of the rest of the test."""
-    events: list[dict[str, Any]] = []
-
-    @implementer(ILogObserver)
-    def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "txsocks5.session":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    testCase.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def freeUDPRange(size: int, host: str = LOOPBACK4) -> tuple[int, int]:

@@ -16,8 +16,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_bind_integration as bind
 from tests import test_udp_integration as udp
-from tests.support import IntegrationTestCase, reactor, readReply, recvExactly, socksConnect, startTwistd
-from tests.test_integration import echoRoundTrip, startEcho, waitFor
+from tests.support import (
+    IntegrationTestCase,
+    reactor,
+    readReply,
+    recvExactly,
+    socksConnect,
+    startTwistd,
+    waitFor,
+)
+from tests.test_integration import echoRoundTrip, startEcho
 from txsocks5.tap import Options
 from txsocks5.workers import workerArguments
 

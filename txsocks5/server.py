@@ -190,8 +190,9 @@ class SOCKS5ServerProtocol(Protocol):
             return
         self._advancing = True
         try:
-            while self._step is not None and self._step():
-                pass
+            progressing = True
+            while progressing and self._step is not None:
+                progressing = self._step()
         except wire.ProtocolError as e:
             self._protocolError(e)
         finally:

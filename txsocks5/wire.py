@@ -159,11 +159,7 @@ class Address:
         """
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port out of range: {port}")
-        try:
-            inet_pton(AF_INET, host)  # The common case, checked cheaply.
-        except (OSError, UnicodeError):
-            pass
-        else:
+        if _isIPv4(host):  # The common case, checked cheaply.
             return cls._parsed(AddressType.IPV4, host, port)
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
@@ -295,6 +291,15 @@ class UDPHeader:
     def encode(self) -> bytes:
         """The header on the wire (the payload follows it)."""
         return b"\x00\x00" + bytes([self.fragment]) + self.address.encode()
+
+
+def _isIPv4(host: str) -> bool:
+    """Whether C{host} is a dotted-quad IPv4 literal."""
+    try:
+        inet_pton(AF_INET, host)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def _printable(name: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 
 from twisted.application.service import Service
 from twisted.internet import error
@@ -51,10 +52,8 @@ def workerArguments(arguments: Sequence[str]) -> list[str]:
         if skip:
             skip = False
         elif arg in ("--port", "-p", "--workers"):
-            skip = True
-        elif arg.startswith(("--port=", "--workers=")) or (arg.startswith("-p") and not arg.startswith("--")):
-            pass
-        else:
+            skip = True  # Its value is the next argument.
+        elif not (arg.startswith(("--port=", "--workers=")) or (arg.startswith("-p") and arg[:2] != "--")):
             result.append(arg)
     return result
 
@@ -197,10 +196,8 @@ def _cancel(result: object, call: IDelayedCall) -> object:
 
 
 def _signal(worker: _Worker, name: str) -> None:
-    try:
+    with suppress(error.ProcessExitedAlready):
         worker.transport.signalProcess(name)  # type: ignore[union-attr]
-    except error.ProcessExitedAlready:
-        pass
 
 
 class ParentWatch(Protocol):
