@@ -6,14 +6,15 @@ import errno
 
 from twisted.internet import defer, error
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from txsocks5 import wire
-from txsocks5.interfaces import IOutbound
+from txsocks5.interfaces import IConnectingFactory, IOutbound
 from txsocks5.outbound import DirectOutbound, replyForFailure
+from txsocks5.relay import TargetFactory
 
 
 class ReplyForFailureTests(SynchronousTestCase):
@@ -95,3 +96,49 @@ class DirectOutboundTests(SynchronousTestCase):
         self.assertEqual(timeout, 7)
         factory.clientConnectionFailed(None, Failure(error.TimeoutError()))
         self.assertEqual(replyForFailure(self.failureResultOf(d)), wire.Reply.TTL_EXPIRED)
+
+
+class ConnectingFactoryTests(SynchronousTestCase):
+    """Literals with an L{IConnectingFactory}: connectTCP without an endpoint wrapper."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.outbound = DirectOutbound(self.reactor, timeout=7)
+        self.factory = TargetFactory()
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IConnectingFactory, self.factory))
+
+    def test_connected(self) -> None:
+        """The Deferred fires with the protocol once its connection is made."""
+        d = self.outbound.connect(wire.Address.fromHost("2001:db8::1", 443), self.factory)
+        [(host, port, factory, timeout, _)] = self.reactor.tcpClients
+        self.assertIs(factory, self.factory)
+        self.assertEqual((host, port, timeout), ("2001:db8::1", 443, 7))
+        self.assertNoResult(d)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertIs(self.successResultOf(d), protocol)
+
+    def test_failed(self) -> None:
+        d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
+        self.factory.clientConnectionFailed(
+            self.reactor.connectors[0], Failure(error.ConnectionRefusedError())
+        )
+        self.assertEqual(replyForFailure(self.failureResultOf(d)), wire.Reply.CONNECTION_REFUSED)
+
+    def test_cancel(self) -> None:
+        """Cancelling stops the attempt; the connector's late failure report is ignored."""
+        d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
+        [connector] = self.reactor.connectors
+        d.cancel()
+        self.assertTrue(connector.stoppedConnecting)
+        self.factory.clientConnectionFailed(connector, Failure(error.UserError()))
+        self.failureResultOf(d, defer.CancelledError)
+
+    def test_namesUseEndpoints(self) -> None:
+        """Names still go through HostnameEndpoint (happy eyeballs)."""
+        self.outbound.connect(wire.Address.fromHost("example.test", 80), self.factory)
+        self.reactor.advance(0)
+        [(_, _, factory, _, _)] = self.reactor.tcpClients
+        self.assertIsNot(factory, self.factory)

@@ -19,7 +19,7 @@ from zope.interface import Attribute, Interface
 
 from txsocks5.wire import Address
 
-__all__ = ["AuthOutcome", "IAuthNegotiation", "IAuthenticator", "IOutbound"]
+__all__ = ["AuthOutcome", "IAuthNegotiation", "IAuthenticator", "IConnectingFactory", "IOutbound"]
 
 
 @dataclass(frozen=True)
@@ -89,4 +89,21 @@ class IOutbound(Interface):
         @return: a L{twisted.internet.defer.Deferred} that fires with the
             connected protocol, or fails with the connection error (see
             L{txsocks5.outbound.replyForFailure} for how errors map to REP codes).
+        """
+
+
+class IConnectingFactory(IProtocolFactory):
+    """
+    A client protocol factory for a single connection that says itself when
+    that connection is made, so an L{IOutbound} can use it with
+    C{IReactorTCP.connectTCP} directly, without an endpoint's wrapping
+    protocol in the data path.  (Twisted's connectors also call its
+    C{startedConnecting} and C{clientConnectionFailed}.)
+    """
+
+    def whenConnected() -> Deferred[IProtocol]:
+        """
+        A Deferred that fires with the protocol once it is connected, or
+        fails with the reason the connection attempt failed.  Cancelling it
+        stops the attempt.
         """

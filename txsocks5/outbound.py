@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5 import wire
-from txsocks5.interfaces import IOutbound
+from txsocks5.interfaces import IConnectingFactory, IOutbound
 
 __all__ = ["DirectOutbound", "replyForFailure"]
 
@@ -96,6 +96,12 @@ class DirectOutbound:
             # An IP literal sent as a name (curl does this) is not resolved.
             address = wire.Address.fromHost(address.host, address.port)
         host = address.host
+        if address.type != wire.AddressType.DOMAIN and IConnectingFactory.providedBy(protocolFactory):
+            # A literal, and a factory that says when it is connected: connect
+            # without an endpoint's wrapping protocol between us and the data.
+            d = protocolFactory.whenConnected()
+            self._reactor.connectTCP(host, address.port, protocolFactory, self._timeout, self._bindAddress)  # type: ignore[arg-type]
+            return d
         endpoint: IStreamClientEndpoint
         if address.type == wire.AddressType.IPV4:
             endpoint = TCP4ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)

@@ -14,12 +14,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime, ITransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IConnector,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, writeDirectly, writePublicly
+from txsocks5.interfaces import IConnectingFactory
 
 __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE", "FIRST_READ_SIZE"]
 
@@ -224,6 +233,11 @@ class TargetProtocol(Protocol):
     _earlyEnded = False
     _earlyLost = False
 
+    def connectionMade(self) -> None:
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, TargetFactory):
+            factory._made(self)
+
     def attach(self, relay: TCPRelay) -> None:
         """Report to C{relay} from now on, after replaying what came early."""
         self.relay = relay
@@ -260,8 +274,37 @@ class TargetProtocol(Protocol):
             self._earlyLost = True
 
 
-class TargetFactory(Factory):
-    """Builds L{TargetProtocol}s for outbound connections."""
+@implementer(IConnectingFactory)
+class TargetFactory(ClientFactory):
+    """
+    Builds the L{TargetProtocol} of one outbound connection, and tells when
+    it is connected (L{IConnectingFactory}).
+    """
 
     protocol = TargetProtocol
     noisy = False
+
+    def __init__(self) -> None:
+        self._connector: IConnector | None = None
+        self._connected: Deferred[IProtocol] = Deferred(self._cancel)
+
+    def whenConnected(self) -> Deferred[IProtocol]:
+        """Fires with the connected L{TargetProtocol}; see L{IConnectingFactory}."""
+        return self._connected
+
+    def startedConnecting(self, connector: IConnector) -> None:
+        self._connector = connector
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if not self._connected.called:
+            self._connected.errback(reason)
+
+    def _made(self, protocol: TargetProtocol) -> None:
+        """C{protocol}'s connection is made."""
+        if not self._connected.called:
+            self._connected.callback(protocol)
+
+    def _cancel(self, d: Deferred[IProtocol]) -> None:
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            connector.stopConnecting()
