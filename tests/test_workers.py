@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,7 +28,7 @@ from tests.support import (
 )
 from tests.test_integration import echoRoundTrip, startEcho
 from txsocks5.tap import Options
-from txsocks5.workers import workerArguments
+from txsocks5.workers import WorkerLifetime, workerArguments
 
 WORKER_STARTED = re.compile(rb"txsocks5 worker (\d+) started \(pid (\d+)\)")
 
@@ -55,6 +56,26 @@ class WorkerArgumentsTests(SynchronousTestCase):
     def test_usage(self) -> None:
         for args in (["--workers", "0"], ["--workers", "2", "--port", "unix:/tmp/txsocks5-test.sock"]):
             self.assertRaises(UsageError, Options().parseOptions, args)
+
+
+class WorkerLifetimeTests(SynchronousTestCase):
+    """
+    A worker stops once, however many stop requests arrive: a worker is
+    often signalled both by its parent and by a process-group signal (a
+    terminal's Ctrl-C, systemd's default KillMode), and Twisted's own
+    handlers would try to stop a stopped reactor and log a traceback.
+    """
+
+    def test_stopOnce(self) -> None:
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        stops: list[bool] = []
+        reactor.stop = lambda: stops.append(True)  # type: ignore[method-assign]
+        lifetime = WorkerLifetime(reactor)
+        lifetime.stop("signal SIGTERM")
+        lifetime.stop("signal SIGTERM")
+        lifetime.stop("parent gone")
+        self.assertEqual(stops, [True])
 
 
 class WorkerPoolTests(IntegrationTestCase):

@@ -33,7 +33,7 @@ from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
-from txsocks5.workers import ParentWatch, WorkerPool, workerArguments
+from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
 
 __all__ = ["Options", "makeService", "portDescription"]
 
@@ -246,9 +246,7 @@ def makeService(options: Options | dict[str, Any]) -> Service:
     if options.get("workers", 1) > 1:
         return WorkerPool(options["endpoints"], options["workers"], workerArguments(options["arguments"]))
     if options.get("inherited"):
-        from twisted.internet.stdio import StandardIO
-
-        StandardIO(ParentWatch())
+        WorkerLifetime(reactor).start()
 
     factory = SOCKS5Factory(
         authenticators=options["methods"],

@@ -13,6 +13,7 @@ closes) stops too.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 
 from txsocks5.server import describeAddress
 
-__all__ = ["WorkerPool", "ParentWatch", "workerArguments"]
+__all__ = ["WorkerPool", "WorkerLifetime", "workerArguments"]
 
 log = Logger()
 
@@ -200,12 +201,47 @@ def _signal(worker: _Worker, name: str) -> None:
         worker.transport.signalProcess(name)  # type: ignore[union-attr]
 
 
-class ParentWatch(Protocol):
-    """In a worker: stop when the parent goes (its end of our stdin closes)."""
+class WorkerLifetime:
+    """
+    How a worker ends: once, on the first of SIGTERM, SIGINT or its parent
+    going away (its stdin closes).  A worker often gets the same signal
+    twice (from its parent, and from a terminal or a service manager that
+    signals the whole process group); Twisted's own handlers would then
+    try to stop a stopped reactor.
+    """
+
+    def __init__(self, reactor: object) -> None:
+        self._reactor = reactor
+        self._stopping = False
+
+    def start(self) -> None:
+        """Watch stdin and take over SIGTERM and SIGINT once the reactor runs."""
+        from twisted.internet.stdio import StandardIO
+
+        StandardIO(_ParentWatch(self))
+        self._reactor.callWhenRunning(self._installHandlers)  # type: ignore[attr-defined]
+
+    def _installHandlers(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._signalled)
+
+    def _signalled(self, number: int, frame: object) -> None:
+        self._reactor.callFromThread(self.stop, f"signal {signal.Signals(number).name}")  # type: ignore[attr-defined]
+
+    def stop(self, why: str) -> None:
+        """Stop the worker's reactor, unless that is under way already."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("txsocks5 worker stopping: {why}", why=why)
+        self._reactor.stop()  # type: ignore[attr-defined]
+
+
+class _ParentWatch(Protocol):
+    """Tells a worker's lifetime when the parent's end of stdin closes."""
+
+    def __init__(self, lifetime: WorkerLifetime) -> None:
+        self.lifetime = lifetime
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        from twisted.internet import reactor
-
-        log.info("txsocks5 worker: parent gone, stopping")
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        self.lifetime.stop("parent gone")
