@@ -26,8 +26,10 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -356,7 +358,7 @@ class EchoProtocol(TrackedProtocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
-        pass
+        """Our FIN went out; nothing more to do."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -383,7 +385,7 @@ class SinkProtocol(TrackedProtocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
-        pass
+        """Our FIN went out; nothing more to do."""
 
 
 @implementer(IPullProducer)
@@ -430,7 +432,7 @@ class SourceProtocol(TrackedProtocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
-        pass
+        """The connection is closing; the next chunk will not be sent."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -458,7 +460,7 @@ class HalfCloseFirstProtocol(TrackedProtocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def writeConnectionLost(self) -> None:
-        pass
+        """Our FIN went out; nothing more to do."""
 
 
 def listenTCP(
@@ -618,12 +620,21 @@ class IntegrationTestCase(TestCase):
 # -- a minimal, independent SOCKS5 client (blocking; run it in threads) ----
 
 
-def connectTo(address: tuple[str, int], timeout: float = SOCKET_TIMEOUT) -> socket.socket:
-    """A blocking TCP connection to a loopback C{address}, with a timeout."""
+def connectTo(
+    address: tuple[str, int],
+    timeout: float = SOCKET_TIMEOUT,
+    source: tuple[str, int] | None = None,
+) -> socket.socket:
+    """
+    A blocking TCP connection to a loopback C{address}, with a timeout,
+    from C{source} if given.
+    """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
+        if source is not None:
+            sock.bind(source)
         sock.connect(address)
     except BaseException:
         sock.close()
@@ -870,11 +881,9 @@ async def startTwistd(
         for _ in range(int(startTimeout / 0.05)):
             if not proto.running or proto.listening.called:
                 break
-            try:
+            with suppress(FileNotFoundError):  # twistd has not created it yet
                 proto.outReceived(Path(logFile).read_bytes())
                 proto.output.clear()
-            except FileNotFoundError:
-                pass
             await deferLater(reactor, 0.05, lambda: None)
     await proto.listening.addTimeout(startTimeout, reactor)
     return proto
@@ -948,3 +957,41 @@ def watchSessions(testCase: TestCase) -> list[dict[str, Any]]:
     globalLogPublisher.addObserver(observer)
     testCase.addCleanup(globalLogPublisher.removeObserver, observer)
     return events
+
+
+def pump(sock: socket.socket, data: bytes, limit: float = 40.0) -> tuple[str, int]:
+    """
+    Send C{data} then SHUT_WR (from a second thread) while reading until
+    EOF; return the SHA-256 (hex) and length of what was read.  Bounded by
+    C{limit} seconds overall and the socket's timeout per read.
+    """
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            view = memoryview(data)
+            for offset in range(0, len(data), 256 * 1024):
+                sock.sendall(view[offset : offset + 256 * 1024])
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as e:
+            errors.append(e)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = hashlib.sha256()
+    count = 0
+    deadline = time.monotonic() + limit
+    for _ in range(64 * 1024 * 1024):  # bounded; each pass reads at least a byte
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        count += len(chunk)
+        received.update(chunk)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still reading after {limit}s ({count} bytes)")
+    sender.join(max(0.1, deadline - time.monotonic()))
+    if sender.is_alive():
+        raise AssertionError("the sender did not finish")
+    if errors:
+        raise errors[0]
+    return received.hexdigest(), count

@@ -42,6 +42,7 @@ from tests.support import (
     encodeRequest,
     freePort,
     needsIPv6,
+    pump,
     readReply,
     recvExactly,
     recvUntilClosed,
@@ -166,14 +167,7 @@ def peerSocket(source: tuple[str, int] | None = None, family: int = socket.AF_IN
 
 def connectPeer(address: tuple[str, int], source: tuple[str, int] | None = None) -> socket.socket:
     """Connect a peer to a BIND's listening C{address}, from C{source} if given."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = peerSocket(source, family)
-    try:
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return connectTo(address, TIMEOUT, source)
 
 
 def address(sock: socket.socket) -> tuple[str, int]:
@@ -202,44 +196,6 @@ def assertRefused(where: tuple[str, int]) -> None:
         return
     sock.close()
     raise AssertionError(f"{where} still accepts connections")
-
-
-def pump(sock: socket.socket, data: bytes, limit: float = 40.0) -> tuple[str, int]:
-    """
-    Send C{data} then SHUT_WR (from a second thread) while reading until
-    EOF; return the SHA-256 (hex) and length of what was read.  Bounded by
-    C{limit} seconds overall and the socket's timeout per read.
-    """
-    errors: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            view = memoryview(data)
-            for offset in range(0, len(data), 256 * 1024):
-                sock.sendall(view[offset : offset + 256 * 1024])
-            sock.shutdown(socket.SHUT_WR)
-        except BaseException as e:
-            errors.append(e)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    received = hashlib.sha256()
-    count = 0
-    deadline = time.monotonic() + limit
-    for _ in range(64 * 1024 * 1024):  # bounded; each pass reads at least a byte
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        count += len(chunk)
-        received.update(chunk)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still reading after {limit}s ({count} bytes)")
-    sender.join(max(0.1, deadline - time.monotonic()))
-    if sender.is_alive():
-        raise AssertionError("the sender did not finish")
-    if errors:
-        raise errors[0]
-    return received.hexdigest(), count
 
 
 class BindTestCase(IntegrationTestCase):
@@ -537,49 +493,40 @@ class BindDataTests(BindTestCase):
         counters = server.factory.counters
         self.assertEqual((counters.bytesUp, counters.bytesDown), (size, size))
 
-    async def test_peerHalfClosesFirst(self) -> None:
-        """The peer's SHUT_WR reaches the client as EOF; the client can still send to the peer."""
+    async def halfCloseFirst(self, clientFirst: bool, seed: int) -> None:
+        """
+        One side sends a little and then SHUT_WR: the other gets it and EOF,
+        and can still send a larger payload back, followed by its own EOF.
+        """
         server = await self.startServer()
-        payload = random.Random(3).randbytes(256 * 1024)
+        payload = random.Random(seed).randbytes(256 * 1024)
+        goodbye = b"client says goodbye" if clientFirst else b"peer says goodbye"
 
         def run() -> tuple[bytes, bytes, bytes]:
             client, first = bindRequest(server.address, LOOPBACK4, 0)
             with client, connectPeer((first[1], first[2])) as peer:
                 assert readReply(client)[0] == 0
-                peer.sendall(b"peer says goodbye")
-                peer.shutdown(socket.SHUT_WR)
-                toClient = recvUntilClosed(client)
-                client.sendall(payload)
-                client.shutdown(socket.SHUT_WR)
-                toPeer = recvUntilClosed(peer, 2 * len(payload))
-                return toClient, toPeer, recvUntilClosed(client)
+                closer, other = (client, peer) if clientFirst else (peer, client)
+                closer.sendall(goodbye)
+                closer.shutdown(socket.SHUT_WR)
+                toOther = recvUntilClosed(other)
+                other.sendall(payload)
+                other.shutdown(socket.SHUT_WR)
+                toCloser = recvUntilClosed(closer, 2 * len(payload))
+                return toOther, toCloser, recvUntilClosed(other)
 
-        toClient, toPeer, after = await deferToThread(run)
-        self.assertEqual(toClient, b"peer says goodbye")
-        self.assertEqual(toPeer, payload)
+        toOther, toCloser, after = await deferToThread(run)
+        self.assertEqual(toOther, goodbye)
+        self.assertEqual(toCloser, payload)
         self.assertEqual(after, b"")
+
+    async def test_peerHalfClosesFirst(self) -> None:
+        """The peer's SHUT_WR reaches the client as EOF; the client can still send to the peer."""
+        await self.halfCloseFirst(clientFirst=False, seed=3)
 
     async def test_clientHalfClosesFirst(self) -> None:
         """The client's SHUT_WR reaches the peer as EOF; the peer can still send to the client."""
-        server = await self.startServer()
-        payload = random.Random(4).randbytes(256 * 1024)
-
-        def run() -> tuple[bytes, bytes, bytes]:
-            client, first = bindRequest(server.address, LOOPBACK4, 0)
-            with client, connectPeer((first[1], first[2])) as peer:
-                assert readReply(client)[0] == 0
-                client.sendall(b"client says goodbye")
-                client.shutdown(socket.SHUT_WR)
-                toPeer = recvUntilClosed(peer)
-                peer.sendall(payload)
-                peer.shutdown(socket.SHUT_WR)
-                toClient = recvUntilClosed(client, 2 * len(payload))
-                return toPeer, toClient, recvUntilClosed(peer)
-
-        toPeer, toClient, after = await deferToThread(run)
-        self.assertEqual(toPeer, b"client says goodbye")
-        self.assertEqual(toClient, payload)
-        self.assertEqual(after, b"")
+        await self.halfCloseFirst(clientFirst=True, seed=4)
 
 
 # -- who may connect -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -91,10 +92,8 @@ class NoCrashTests(SynchronousTestCase):
     @given(st.binary(max_size=600))
     def test_arbitraryBytes(self, data: bytes) -> None:
         for parse in PARSE_FUNCTIONS:
-            try:
+            with contextlib.suppress(wire.ProtocolError):  # The one exception allowed.
                 parse(data)
-            except wire.ProtocolError:
-                pass
 
     @settings(max_examples=300)
     @given(st.sampled_from([1, 3, 4, 0, 2, 5, 255]), st.binary(max_size=300))
@@ -102,10 +101,8 @@ class NoCrashTests(SynchronousTestCase):
         """Requests and replies with a right version and any address bytes."""
         data = bytes([5, 1, 0, atyp]) + rest
         for parse in (wire.parseRequest, wire.parseResponse):
-            try:
+            with contextlib.suppress(wire.ProtocolError):  # The one exception allowed.
                 parse(data)
-            except wire.ProtocolError:
-                pass
 
 
 class ParserTests(SynchronousTestCase):
