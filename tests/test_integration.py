@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -349,37 +350,32 @@ class AuthenticationWireTests(IntegrationTestCase):
         await self.assertAccepted(fileChecker(self))
 
 
-class PythonSocksTests(IntegrationTestCase):
-    """python-socks (its sync Proxy, in a thread): CONNECT with each ATYP, with and without login."""
+class ClientLibraryChecks:
+    """
+    CONNECT with each ATYP, with and without login, through a SOCKS client
+    library; mixed into a test case per library, which gives L{roundTrip}.
+    """
 
-    async def roundTrip(
-        self,
-        server: Server,
-        host: str,
-        port: int,
-        credentials: tuple[str, str] | None = None,
-    ) -> bytes:
-        username, password = credentials if credentials else (None, None)
-        proxy = Proxy(ProxyType.SOCKS5, server.host, server.port, username, password, rdns=True)
-
-        def client() -> bytes:
-            sock = proxy.connect(dest_host=host, dest_port=port, timeout=10)
-            with sock:
-                sock.settimeout(10)
-                return echoRoundTrip(sock, b"python-socks says hi")
-
-        return await deferToThread(client)  # type: ignore[no-any-return]
+    #: What the library's client sends to the echo target and gets back.
+    greeting: bytes
+    #: What the library raises when the login is refused.
+    loginError: type[Exception]
+    #: The credentials checker of the login tests.
+    makeChecker: Callable[[], ICredentialsChecker]
+    #: C{roundTrip(server, host, port, credentials=None)}: connect through
+    #: C{server} to an echo target; return its echo of L{greeting}.
+    roundTrip: Callable[..., Awaitable[bytes]]
 
     async def check(self, host: str, credentials: tuple[str, str] | None = None) -> Server:
+        testCase: Any = self
         if credentials:
-            server = await startAuthServer(self, memoryChecker())
+            server = await startAuthServer(testCase, self.makeChecker())
         else:
-            server = await self.startServer()
-        echo, port = await startEcho(self, LOOPBACK6 if host in (LOOPBACK6, "target6.test") else LOOPBACK4)
-        echoed = await self.roundTrip(server, host, port, credentials)
-        self.assertEqual(echoed, b"python-socks says hi")
+            server = await testCase.startServer()
+        _, port = await startEcho(testCase, LOOPBACK6 if host in (LOOPBACK6, "target6.test") else LOOPBACK4)
+        testCase.assertEqual(await self.roundTrip(server, host, port, credentials), self.greeting)
         [attempt] = server.outbound.attempts
-        self.assertEqual(attempt.host, host)
+        testCase.assertEqual(attempt.host, host)
         return server
 
     async def test_noAuthIPv4(self) -> None:
@@ -394,87 +390,11 @@ class PythonSocksTests(IntegrationTestCase):
     async def test_noAuthDomain(self) -> None:
         """No authentication, ATYP domain name (resolved by the server)."""
         server = await self.check("target4.test")
-        self.assertEqual(server.resolver.lookups, ["target4.test"])
+        testCase: Any = self
+        testCase.assertEqual(server.resolver.lookups, ["target4.test"])
 
     async def test_loginIPv4(self) -> None:
         """Username/password, ATYP IPv4."""
-        await self.check(LOOPBACK4, ("alice", "secret"))
-
-    @needsIPv6
-    async def test_loginIPv6(self) -> None:
-        """Username/password, ATYP IPv6."""
-        await self.check(LOOPBACK6, ("alice", "secret"))
-
-    @needsIPv6
-    async def test_loginDomain(self) -> None:
-        """Username/password, ATYP domain name resolving to ::1."""
-        await self.check("target6.test", ("alice", "secret"))
-
-    async def test_wrongPassword(self) -> None:
-        """A wrong password makes python-socks raise ProxyError."""
-        server = await startAuthServer(self, memoryChecker())
-        _, port = await startEcho(self)
-        d = self.roundTrip(server, LOOPBACK4, port, ("alice", "wrong"))
-        with self.assertRaises(ProxyError):
-            await d
-
-    async def test_refusedReply(self) -> None:
-        """CONNECT to a closed port: python-socks reports REP 05."""
-        server = await self.startServer()
-        with self.assertRaises(ProxyError) as caught:
-            await self.roundTrip(server, LOOPBACK4, freePort())
-        self.assertEqual(caught.exception.error_code, 5)
-
-
-class PySocksTests(IntegrationTestCase):
-    """PySocks (socks.socksocket, in a thread): CONNECT with each ATYP, with and without login."""
-
-    async def roundTrip(
-        self,
-        server: Server,
-        host: str,
-        port: int,
-        credentials: tuple[str, str] | None = None,
-    ) -> bytes:
-        username, password = credentials if credentials else (None, None)
-
-        def client() -> bytes:
-            with socks.socksocket(socket.AF_INET6 if ":" in server.host else socket.AF_INET) as sock:
-                sock.set_proxy(
-                    socks.SOCKS5, server.host, server.port, rdns=True, username=username, password=password
-                )
-                sock.settimeout(10)
-                sock.connect((host, port))
-                return echoRoundTrip(sock, b"PySocks says hi")
-
-        return await deferToThread(client)  # type: ignore[no-any-return]
-
-    async def check(self, host: str, credentials: tuple[str, str] | None = None) -> Server:
-        if credentials:
-            server = await startAuthServer(self, fileChecker(self))
-        else:
-            server = await self.startServer()
-        _, port = await startEcho(self, LOOPBACK6 if host in (LOOPBACK6, "target6.test") else LOOPBACK4)
-        self.assertEqual(await self.roundTrip(server, host, port, credentials), b"PySocks says hi")
-        [attempt] = server.outbound.attempts
-        self.assertEqual(attempt.host, host)
-        return server
-
-    async def test_noAuthIPv4(self) -> None:
-        """No authentication, ATYP IPv4."""
-        await self.check(LOOPBACK4)
-
-    @needsIPv6
-    async def test_noAuthIPv6(self) -> None:
-        """No authentication, ATYP IPv6."""
-        await self.check(LOOPBACK6)
-
-    async def test_noAuthDomain(self) -> None:
-        """No authentication, ATYP domain name."""
-        await self.check("target4.test")
-
-    async def test_loginIPv4(self) -> None:
-        """Username/password (file: checker), ATYP IPv4."""
         await self.check(LOOPBACK4, ("alice", "secret"))
 
     @needsIPv6
@@ -486,12 +406,75 @@ class PySocksTests(IntegrationTestCase):
         """Username/password, ATYP domain name."""
         await self.check("target4.test", ("alice", "secret"))
 
+    @needsIPv6
+    async def test_loginDomainIPv6(self) -> None:
+        """Username/password, ATYP domain name resolving to ::1."""
+        await self.check("target6.test", ("alice", "secret"))
+
     async def test_wrongPassword(self) -> None:
-        """A wrong password makes PySocks raise."""
-        server = await startAuthServer(self, fileChecker(self))
-        _, port = await startEcho(self)
-        with self.assertRaises(socks.ProxyError):
+        """A wrong password makes the library raise its proxy error."""
+        testCase: Any = self
+        server = await startAuthServer(testCase, self.makeChecker())
+        _, port = await startEcho(testCase)
+        with testCase.assertRaises(self.loginError):
             await self.roundTrip(server, LOOPBACK4, port, ("alice", "wrong"))
+
+
+class PythonSocksTests(ClientLibraryChecks, IntegrationTestCase):
+    """python-socks (its sync Proxy, in a thread), with strcred's memory: checker."""
+
+    greeting = b"python-socks says hi"
+    loginError = ProxyError
+
+    def makeChecker(self) -> ICredentialsChecker:
+        return memoryChecker()
+
+    async def roundTrip(
+        self, server: Server, host: str, port: int, credentials: tuple[str, str] | None = None
+    ) -> bytes:
+        username, password = credentials if credentials else (None, None)
+        proxy = Proxy(ProxyType.SOCKS5, server.host, server.port, username, password, rdns=True)
+
+        def client() -> bytes:
+            sock = proxy.connect(dest_host=host, dest_port=port, timeout=10)
+            with sock:
+                sock.settimeout(10)
+                return echoRoundTrip(sock, self.greeting)
+
+        return await deferToThread(client)  # type: ignore[no-any-return]
+
+    async def test_refusedReply(self) -> None:
+        """CONNECT to a closed port: python-socks reports REP 05."""
+        server = await self.startServer()
+        with self.assertRaises(ProxyError) as caught:
+            await self.roundTrip(server, LOOPBACK4, freePort())
+        self.assertEqual(caught.exception.error_code, 5)
+
+
+class PySocksTests(ClientLibraryChecks, IntegrationTestCase):
+    """PySocks (socks.socksocket, in a thread), with strcred's file: checker."""
+
+    greeting = b"PySocks says hi"
+    loginError = socks.ProxyError
+
+    def makeChecker(self) -> ICredentialsChecker:
+        return fileChecker(self)
+
+    async def roundTrip(
+        self, server: Server, host: str, port: int, credentials: tuple[str, str] | None = None
+    ) -> bytes:
+        username, password = credentials if credentials else (None, None)
+
+        def client() -> bytes:
+            with socks.socksocket(socket.AF_INET6 if ":" in server.host else socket.AF_INET) as sock:
+                sock.set_proxy(
+                    socks.SOCKS5, server.host, server.port, rdns=True, username=username, password=password
+                )
+                sock.settimeout(10)
+                sock.connect((host, port))
+                return echoRoundTrip(sock, self.greeting)
+
+        return await deferToThread(client)  # type: ignore[no-any-return]
 
 
 class RawProtocolTests(IntegrationTestCase):
