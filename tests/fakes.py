@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -40,7 +41,13 @@ class FakeOutbound:
         self.attempts: list[tuple[wire.Address, IProtocolFactory, Deferred[IProtocol]]] = []
         self.cancelled: list[wire.Address] = []
 
-    def connect(self, address: wire.Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(
+        self,
+        address: wire.Address,
+        protocolFactory: IProtocolFactory,
+        allowAddress: Callable[[str], bool] | None = None,
+    ) -> Deferred[IProtocol]:
+        self.allowAddress = allowAddress
         d: Deferred[IProtocol] = Deferred(lambda d: self.cancelled.append(address))
         self.attempts.append((address, protocolFactory, d))
         return d

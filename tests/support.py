@@ -257,7 +257,12 @@ class LoopbackOnlyOutbound:
         self.inner = inner
         self.attempts: list[wire.Address] = []
 
-    def connect(self, address: wire.Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(
+        self,
+        address: wire.Address,
+        protocolFactory: IProtocolFactory,
+        allowAddress: Callable[[str], bool] | None = None,
+    ) -> Deferred[IProtocol]:
         """Connect through the wrapped outbound if C{address} is safe."""
         self.attempts.append(address)
         try:
@@ -266,7 +271,9 @@ class LoopbackOnlyOutbound:
             ip = None
         if ip is not None and not ip.is_loopback:
             return fail(ConnectionRefusedError(f"test guard: {address} is not loopback"))
-        return self.inner.connect(address, protocolFactory)
+        if allowAddress is None:
+            return self.inner.connect(address, protocolFactory)
+        return self.inner.connect(address, protocolFactory, allowAddress=allowAddress)
 
 
 # -- loopback target servers ----------------------------------------------

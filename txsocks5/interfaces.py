@@ -9,7 +9,7 @@ is an L{IOutbound}.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -19,7 +19,17 @@ from zope.interface import Attribute, Interface
 
 from txsocks5.wire import Address
 
-__all__ = ["AuthOutcome", "IAuthNegotiation", "IAuthenticator", "IConnectingFactory", "IOutbound"]
+__all__ = [
+    "AccessRequest",
+    "AddressNotAllowed",
+    "AuthOutcome",
+    "IAuthNegotiation",
+    "IAuthenticator",
+    "IConnectingFactory",
+    "IOutbound",
+    "IRuleSet",
+    "Verdict",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,68 @@ class AuthOutcome:
     accepted: bool
     user: str | None = None
     reply: bytes = b""
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """
+    What request rules decide on: who asks, for what, and where to.
+
+    @ivar client: the client's IP address (IPv4-mapped shown as IPv4), or
+        C{None} for a client on a UNIX socket.
+    @ivar user: the name the client logged in as, or C{None}.
+    @ivar command: C{"connect"}, C{"bind"} or C{"udp"}.
+    @ivar name: the destination host name, if the client gave one.
+    @ivar address: the destination IP address: the literal the client gave,
+        or one its name resolved to; C{None} while not known.
+    @ivar port: the destination port; C{None} while not known (a UDP
+        association before its first datagram).
+    """
+
+    client: str | None
+    user: str | None
+    command: str
+    name: str | None = None
+    address: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """
+    A rule set's decision.
+
+    @ivar allowed: whether it is allowed.
+    @ivar reason: which rule (or default) decided, for log lines.
+    @ivar log: whether the deciding rule asks for a log line even when it
+        allows.
+    """
+
+    allowed: bool
+    reason: str
+    log: bool = False
+
+
+class IRuleSet(Interface):
+    """
+    Access control: which clients may use the server (checked at accept)
+    and what they may ask for (checked per request, per destination
+    address a name resolves to, and per UDP datagram destination).
+    """
+
+    def admitClient(client: str | None) -> Verdict:
+        """
+        Whether the client at IP address C{client} (C{None}: a UNIX socket)
+        may talk to the server at all.
+        """
+
+    def checkRequest(request: AccessRequest) -> Verdict | None:
+        """
+        Whether C{request} is allowed, or C{None} when that depends on what
+        is not known yet (the address a name resolves to, or a UDP
+        association's destinations): then each address is checked again
+        once known.
+        """
 
 
 class IAuthNegotiation(Interface):
@@ -79,17 +151,29 @@ class IAuthenticator(Interface):
 class IOutbound(Interface):
     """How the server reaches a destination for CONNECT."""
 
-    def connect(address: Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(
+        address: Address,
+        protocolFactory: IProtocolFactory,
+        allowAddress: Callable[[str], bool] | None = None,
+    ) -> Deferred[IProtocol]:
         """
         Open a stream connection to a destination.
 
         @param address: a L{txsocks5.wire.Address} (IP literal or domain name).
         @param protocolFactory: the
             L{twisted.internet.interfaces.IProtocolFactory} for the connection.
+        @param allowAddress: if given, called with each IP address a name
+            resolves to; only addresses it returns true for may be
+            connected to.  When it allows none, the result fails with
+            L{txsocks5.interfaces.AddressNotAllowed}.
         @return: a L{twisted.internet.defer.Deferred} that fires with the
             connected protocol, or fails with the connection error (see
             L{txsocks5.outbound.replyForFailure} for how errors map to REP codes).
         """
+
+
+class AddressNotAllowed(Exception):
+    """Every address a destination name resolved to was denied by the rules."""
 
 
 class IConnectingFactory(IProtocolFactory):

@@ -6,22 +6,29 @@ RFC 1928 REP codes.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
     IProtocol,
     IProtocolFactory,
+    IReactorPluggableNameResolver,
     IReactorTCP,
     IReactorTime,
+    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5 import wire
-from txsocks5.interfaces import IConnectingFactory, IOutbound
+from txsocks5.interfaces import AddressNotAllowed, IConnectingFactory, IOutbound
 
 __all__ = ["DirectOutbound", "replyForFailure"]
 
@@ -46,10 +53,12 @@ _ERRNO_REPLIES = {
 def replyForFailure(failure: Failure) -> wire.Reply:
     """
     The REP code that tells a client why its connection attempt failed:
-    refused → 0x05, unresolvable or host unreachable → 0x04, network
+    denied by the rules → 0x02, refused → 0x05, unresolvable or host unreachable → 0x04, network
     unreachable → 0x03, timed out → 0x06, anything else → 0x01.
     """
     value = failure.value
+    if isinstance(value, AddressNotAllowed):
+        return wire.Reply.NOT_ALLOWED
     if isinstance(value, error.ConnectionRefusedError):
         return wire.Reply.CONNECTION_REFUSED
     if isinstance(value, (error.DNSLookupError, error.UnknownHostError)):
@@ -90,12 +99,19 @@ class DirectOutbound:
         self._timeout = timeout
         self._bindAddress = bindAddress
 
-    def connect(self, address: wire.Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(
+        self,
+        address: wire.Address,
+        protocolFactory: IProtocolFactory,
+        allowAddress: Callable[[str], bool] | None = None,
+    ) -> Deferred[IProtocol]:
         """Connect to C{address}; see L{IOutbound.connect}."""
         if address.type == wire.AddressType.DOMAIN:
             # An IP literal sent as a name (curl does this) is not resolved.
             address = wire.Address.fromHost(address.host, address.port)
         host = address.host
+        if allowAddress is not None and address.type != wire.AddressType.DOMAIN and not allowAddress(host):
+            return fail(AddressNotAllowed(f"{host} is not allowed"))
         if address.type != wire.AddressType.DOMAIN and IConnectingFactory.providedBy(protocolFactory):
             # A literal, and a factory that says when it is connected: connect
             # without an endpoint's wrapping protocol between us and the data.
@@ -108,10 +124,15 @@ class DirectOutbound:
         elif address.type == wire.AddressType.IPV6:
             endpoint = TCP6ClientEndpoint(self._reactor, host, address.port, self._timeout, self._bindAddress)
         else:
+            reactor: Any = self._reactor
+            filtering = None
+            if allowAddress is not None:
+                filtering = _FilteringResolver(reactor.nameResolver, allowAddress)
+                reactor = _ResolvingWith(reactor, filtering)
             try:
                 host.encode("idna")
                 endpoint = HostnameEndpoint(
-                    self._reactor,
+                    reactor,
                     host,
                     address.port,
                     timeout=self._timeout,
@@ -125,4 +146,72 @@ class DirectOutbound:
             # (For a literal, the connect's own timeout is the whole attempt.)
             clock: IReactorTime = self._reactor  # type: ignore[assignment]
             d.addTimeout(self._timeout, clock)
+            if filtering is not None:
+                d.addErrback(filtering.explain, host)
         return d
+
+
+@implementer(IResolutionReceiver)
+class _FilteringReceiver:
+    """Passes on only the resolved addresses its resolver's check allows."""
+
+    def __init__(self, inner: IResolutionReceiver, resolver: _FilteringResolver) -> None:
+        self._inner = inner
+        self._resolver = resolver
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        self._inner.resolutionBegan(resolutionInProgress)
+
+    def addressResolved(self, address: IAddress) -> None:
+        if self._resolver.allowAddress(address.host):  # type: ignore[attr-defined]
+            self._resolver.allowed += 1
+            self._inner.addressResolved(address)
+        else:
+            self._resolver.denied += 1
+
+    def resolutionComplete(self) -> None:
+        self._inner.resolutionComplete()
+
+
+@implementer(IHostnameResolver)
+class _FilteringResolver:
+    """A resolver that hides the addresses C{allowAddress} denies, and counts them."""
+
+    def __init__(self, resolver: IHostnameResolver, allowAddress: Callable[[str], bool]) -> None:
+        self._resolver = resolver
+        self.allowAddress = allowAddress
+        self.allowed = 0
+        self.denied = 0
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        receiver = _FilteringReceiver(resolutionReceiver, self)
+        resolver = self._resolver
+        return resolver.resolveHostName(receiver, hostName, portNumber, addressTypes, transportSemantics)
+
+    def explain(self, failure: Failure, host: str) -> Failure:
+        """A failure because every address was denied becomes L{AddressNotAllowed}."""
+        if self.denied and not self.allowed:
+            return Failure(AddressNotAllowed(f"every address of {host} is denied"))
+        return failure
+
+
+@implementer(IReactorPluggableNameResolver)
+class _ResolvingWith:
+    """A reactor, as seen by one L{HostnameEndpoint}, with another name resolver."""
+
+    def __init__(self, reactor: Any, resolver: IHostnameResolver) -> None:
+        self._reactor = reactor
+        self.nameResolver = resolver
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        raise NotImplementedError("a per-connection view of the reactor")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

@@ -20,6 +20,7 @@ Embedding it in another Twisted program::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -35,10 +36,21 @@ from txsocks5 import wire
 from txsocks5.accounting import Counters, Session, logSession
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.bind import BindListener, PeerCheck
-from txsocks5.interfaces import AuthOutcome, IAuthenticator, IAuthNegotiation, IOutbound
+from txsocks5.interfaces import (
+    AccessRequest,
+    AddressNotAllowed,
+    AuthOutcome,
+    IAuthenticator,
+    IAuthNegotiation,
+    IOutbound,
+    IRuleSet,
+    Verdict,
+)
+from txsocks5.limits import LoginThrottle, LogThrottle
 from txsocks5.outbound import DirectOutbound, replyForFailure
 from txsocks5.ports import localAddressFacing, resolveName
 from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
+from txsocks5.rules import RuleSet
 from txsocks5.udp import UDPRelay, listenUDPRelay
 
 __all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "describeAddress"]
@@ -55,6 +67,12 @@ HOLD_LIMIT = 65536
 
 _UNSPECIFIED = wire.Address(wire.AddressType.IPV4, "0.0.0.0", 0)
 
+_COMMAND_NAMES = {
+    wire.Command.CONNECT: "connect",
+    wire.Command.BIND: "bind",
+    wire.Command.UDP_ASSOCIATE: "udp",
+}
+
 _OUTCOMES = {
     wire.Reply.GENERAL_FAILURE: "general failure",
     wire.Reply.NOT_ALLOWED: "not allowed",
@@ -65,6 +83,14 @@ _OUTCOMES = {
     wire.Reply.COMMAND_NOT_SUPPORTED: "command not supported",
     wire.Reply.ADDRESS_TYPE_NOT_SUPPORTED: "address type not supported",
 }
+
+
+def clientHost(address: IAddress | None) -> str | None:
+    """The IP address of a client (IPv4-mapped shown as IPv4), or C{None} if it has none."""
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    return wire.Address.fromHost(host, 0).host
 
 
 def describeAddress(address: IAddress) -> str:
@@ -85,10 +111,12 @@ class SOCKS5ServerProtocol(Protocol):
     One client connection: negotiates, runs the request, then relays.
 
     @ivar session: the accounting record of this client's session.
+    @ivar clientHost: the client's IP address, or C{None} (a UNIX socket).
     """
 
     factory: SOCKS5Factory
     session: Session
+    clientHost: str | None = None
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -102,6 +130,10 @@ class SOCKS5ServerProtocol(Protocol):
         self._bindListener: BindListener | None = None
         self._holding = False  # Reading (and keeping) bytes while a wait goes on.
         self._timer: IDelayedCall | None = None
+        self._authenticator: IAuthenticator | None = None
+        self._loginThrottled = False
+        self._access: AccessRequest | None = None
+        self._deniedBy: Verdict | None = None
         self._paused = False
         self._clientEnded = False
         self._closed = False
@@ -170,7 +202,7 @@ class SOCKS5ServerProtocol(Protocol):
         association = self._association
         if association is not None:
             association.close()
-            self.factory.releaseAssociation(association.clientHost)
+            self.factory.releaseAssociation(association.clientHost, session.user)
             counters = association.counters
             session.bytesUp = counters.bytesUp
             session.bytesDown = counters.bytesDown
@@ -179,6 +211,7 @@ class SOCKS5ServerProtocol(Protocol):
             session.dropped = sum(counters.dropped.values())
         factory = self.factory
         factory.counters.active -= 1
+        factory.clientLeft(self.clientHost)
         factory.counters.record(session)
         logSession(session, factory.clock.seconds())
 
@@ -213,8 +246,14 @@ class SOCKS5ServerProtocol(Protocol):
             return False
         self.session.outcome = "closed during authentication"
         self.transport.write(wire.MethodSelection(authenticator.method).encode())  # type: ignore[union-attr]
+        self._authenticator = authenticator
+        checkers = self.factory.checkers
+        throttle = self.factory.loginThrottle
+        if authenticator.usesCredentials and self.clientHost is not None and throttle.locked(self.clientHost):
+            checkers = []  # Refused without a check: guessing is paused for this address.
+            self._loginThrottled = True
         self._negotiation = authenticator.negotiate(
-            self.factory.checkers,
+            checkers,
             self.transport.getPeer(),  # type: ignore[union-attr]
         )
         self._step = self._readAuthentication
@@ -235,6 +274,16 @@ class SOCKS5ServerProtocol(Protocol):
     def _authenticated(self, outcome: AuthOutcome) -> None:
         if outcome.reply:
             self.transport.write(outcome.reply)  # type: ignore[union-attr]
+        authenticator = self._authenticator
+        if authenticator is not None and authenticator.usesCredentials and self.clientHost is not None:
+            throttle = self.factory.loginThrottle
+            if self._loginThrottled:
+                self._close("login throttled")
+                return
+            if outcome.accepted:
+                throttle.succeeded(self.clientHost)
+            else:
+                throttle.failed(self.clientHost)
         if not outcome.accepted:
             self._close("authentication failed")
             return
@@ -254,23 +303,85 @@ class SOCKS5ServerProtocol(Protocol):
         address = request.address
         session = self.session
         session.destination = str(address)
-        try:
-            session.command = wire.Command(request.command).name.lower()
-        except ValueError:
+        command = _COMMAND_NAMES.get(request.command)  # type: ignore[call-overload]
+        if command is None:
             session.command = f"{request.command:#04x}"
-        if request.command == wire.Command.CONNECT:
-            self._wait(
-                self.factory.outbound.connect(address, TargetFactory()),
-                self._connected,
-                self._connectFailed,
-            )
-        elif request.command == wire.Command.BIND:
-            self._bind(address)
-        elif request.command == wire.Command.UDP_ASSOCIATE:
-            self._associate(address)
-        else:
             self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)
+            return False
+        session.command = "udp_associate" if command == "udp" else command
+        if command == "udp":
+            # DST is where the client will send from, not a destination.
+            access = AccessRequest(self.clientHost, session.user, command)
+        else:
+            if address.type == wire.AddressType.DOMAIN:
+                address = wire.Address.fromHost(address.host, address.port)  # An IP literal sent as a name.
+            named = address.type == wire.AddressType.DOMAIN
+            access = AccessRequest(
+                self.clientHost,
+                session.user,
+                command,
+                name=address.host if named else None,
+                address=None if named else address.host,
+                port=address.port,
+            )
+        self._access = access
+        verdict = self.factory.rules.checkRequest(access)
+        if verdict is not None and not self._allowed(verdict, access):
+            self._replyError(wire.Reply.NOT_ALLOWED)
+            return False
+        if command == "connect":
+            outbound = self.factory.outbound
+            if access.name is None:
+                connecting = outbound.connect(address, TargetFactory())
+            else:
+                connecting = outbound.connect(address, TargetFactory(), allowAddress=self._allowAddress)
+            self._wait(connecting, self._connected, self._connectFailed)
+        elif command == "bind":
+            self._bind(address)
+        else:
+            self._associate(address)
         return False
+
+    def _allowed(self, verdict: Verdict, access: AccessRequest) -> bool:
+        """Whether C{verdict} allows; log it if it denies or its rule asks to."""
+        if not verdict.allowed:
+            self._deniedBy = verdict
+            log.info(
+                "Denied {command} {destination} for {client}{user}: {reason}",
+                command=access.command.upper(),
+                destination=_describeAccess(access),
+                client=self.session.client,
+                user=f" (user {access.user})" if access.user is not None else "",
+                reason=verdict.reason,
+            )
+            return False
+        if verdict.log:
+            log.info(
+                "Allowed {command} {destination} for {client}{user}: {reason}",
+                command=access.command.upper(),
+                destination=_describeAccess(access),
+                client=self.session.client,
+                user=f" (user {access.user})" if access.user is not None else "",
+                reason=verdict.reason,
+            )
+        return True
+
+    def _allowAddress(self, ip: str) -> bool:
+        """Whether the rules let this request reach C{ip}, one of its name's addresses."""
+        assert self._access is not None
+        access = replace(self._access, address=ip)
+        verdict = self.factory.rules.checkRequest(access)
+        if verdict is None:
+            verdict = Verdict(False, "the rules could not decide")
+        return self._allowed(verdict, access)
+
+    def _allowDatagram(self, name: str | None, ip: str | None, port: int) -> bool:
+        """Whether the rules let this UDP association send to C{name}/C{ip} port C{port}."""
+        access = AccessRequest(self.clientHost, self.session.user, "udp", name, ip, port)
+        verdict = self.factory.rules.checkRequest(access)
+        if verdict is None:
+            return ip is None  # Decided once the name is resolved.
+        return self._allowed(verdict, access)
 
     def _bind(self, expected: wire.Address) -> None:
         """
@@ -291,6 +402,11 @@ class SOCKS5ServerProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         assert transport is not None
+        if self._access is not None and self._access.name is not None:
+            expectedHosts = [host for host in expectedHosts if self._allowAddress(host)]
+            if not expectedHosts:
+                self._replyError(wire.Reply.NOT_ALLOWED)
+                return
         check = factory.bindCheck
         anyHost = expectedHosts[0] in ("0.0.0.0", "::")
         try:
@@ -347,7 +463,7 @@ class SOCKS5ServerProtocol(Protocol):
             return
         clientHost = wire.Address.fromHost(peer.host, 0).host  # type: ignore[attr-defined]
         localHost = wire.Address.fromHost(local.host, 0).host  # type: ignore[attr-defined]
-        refusal = factory.admitAssociation(clientHost)
+        refusal = factory.admitAssociation(clientHost, self.session.user)
         if refusal is not None:
             log.info(
                 "Refused UDP ASSOCIATE from {client}: {reason}", client=self.session.client, reason=refusal
@@ -361,11 +477,12 @@ class SOCKS5ServerProtocol(Protocol):
             idleTimeout=factory.udpIdleTimeout,
             onIdle=self._associationIdle,
             resolver=factory.resolver,
+            allowDestination=self._allowDatagram,
         )
         try:
             port = listenUDPRelay(factory.reactor, relay, localHost, factory.udpPortRange)
         except CannotListenError as e:
-            factory.releaseAssociation(clientHost)
+            factory.releaseAssociation(clientHost, self.session.user)
             log.warn("UDP ASSOCIATE for {client} failed: {error}", client=self.session.client, error=str(e))
             self._replyError(wire.Reply.GENERAL_FAILURE)
             return
@@ -411,6 +528,10 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _connectFailed(self, failure: Failure) -> None:
         reply = replyForFailure(failure)
+        if failure.check(AddressNotAllowed):
+            # Every address of the name was denied, and each was logged.
+            self._replyError(reply)
+            return
         log.debug(
             "CONNECT {destination} for {client} failed: {error}",
             destination=self.session.destination,
@@ -511,6 +632,16 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
 
+def _describeAccess(access: AccessRequest) -> str:
+    """A request's destination for log lines: the name, and the address when known."""
+    if access.port is None:
+        return "(destinations checked per datagram)"
+    if access.name is not None:
+        named = str(wire.Address.fromHost(access.name, access.port))
+        return named if access.address is None else f"{named} ({access.address})"
+    return str(wire.Address.fromHost(access.address or "0.0.0.0", access.port))
+
+
 def _expectedClientPort(requested: wire.Address, clientHost: str) -> int | None:
     """
     The port a UDP ASSOCIATE client said it will send from, when that can
@@ -524,6 +655,14 @@ def _expectedClientPort(requested: wire.Address, clientHost: str) -> int | None:
     if host in ("0.0.0.0", "::") or wire.Address.fromHost(host, 0).host == clientHost:
         return requested.port
     return None
+
+
+def _release(counts: dict[Any, int], key: Any) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class SOCKS5Factory(Factory):
@@ -561,8 +700,20 @@ class SOCKS5Factory(Factory):
     @param maxUDPAssociations: associations open at once; C{None} for no limit.
     @param maxUDPAssociationsPerClient: associations open at once per client
         address; C{None} for no limit.
+    @param maxUDPAssociationsPerUser: associations open at once per logged-in
+        user; C{None} for no limit.
+    @param maxConnectionsPerClient: clients served at once from one
+        address; more are closed at accept.  C{None} for no limit.
+    @param rules: which clients are served and what they may ask for; by
+        default a L{RuleSet} with no rules, which still denies the
+        protected destinations (see L{txsocks5.rules.PROTECTED}).
+    @param maxLoginFailures: failed logins in a row from one address after
+        which its logins are refused unchecked for a while (see
+        L{LoginThrottle}); 0 for never.
+    @param loginLockout: seconds the first such lockout lasts.
 
     @ivar counters: totals for metrics (sessions, bytes, outcomes).
+    @ivar loginThrottle: the failed-login bookkeeping.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -587,6 +738,11 @@ class SOCKS5Factory(Factory):
         udpIdleTimeout: float | None = 300.0,
         maxUDPAssociations: int | None = 1024,
         maxUDPAssociationsPerClient: int | None = 16,
+        maxUDPAssociationsPerUser: int | None = None,
+        maxConnectionsPerClient: int | None = None,
+        rules: IRuleSet | None = None,
+        maxLoginFailures: int = 5,
+        loginLockout: float = 60.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -619,13 +775,20 @@ class SOCKS5Factory(Factory):
         self.udpIdleTimeout = udpIdleTimeout
         self.maxUDPAssociations = maxUDPAssociations
         self.maxUDPAssociationsPerClient = maxUDPAssociationsPerClient
+        self.maxUDPAssociationsPerUser = maxUDPAssociationsPerUser
+        self.maxConnectionsPerClient = maxConnectionsPerClient
+        self.rules: IRuleSet = rules if rules is not None else RuleSet()
+        self.loginThrottle = LoginThrottle(reactor, maxLoginFailures, loginLockout)
         self.counters = Counters()
         self._associations: dict[str, int] = {}
+        self._userAssociations: dict[str, int] = {}
+        self._perClient: dict[str | None, int] = {}
+        self._refusals = LogThrottle(reactor)
 
-    def admitAssociation(self, clientHost: str) -> str | None:
+    def admitAssociation(self, clientHost: str, user: str | None = None) -> str | None:
         """
-        Count a new UDP association for C{clientHost}, or say why it is
-        refused (a limit is reached).
+        Count a new UDP association for C{clientHost} (logged in as
+        C{user}), or say why it is refused (a limit is reached).
         """
         total = sum(self._associations.values())
         if self.maxUDPAssociations is not None and total >= self.maxUDPAssociations:
@@ -633,26 +796,59 @@ class SOCKS5Factory(Factory):
         mine = self._associations.get(clientHost, 0)
         if self.maxUDPAssociationsPerClient is not None and mine >= self.maxUDPAssociationsPerClient:
             return f"{mine} UDP associations open for this client"
+        if user is not None:
+            theirs = self._userAssociations.get(user, 0)
+            if self.maxUDPAssociationsPerUser is not None and theirs >= self.maxUDPAssociationsPerUser:
+                return f"{theirs} UDP associations open for user {user}"
+            self._userAssociations[user] = theirs + 1
         self._associations[clientHost] = mine + 1
         return None
 
-    def releaseAssociation(self, clientHost: str) -> None:
-        """Forget one of C{clientHost}'s associations."""
-        left = self._associations.get(clientHost, 0) - 1
-        if left > 0:
-            self._associations[clientHost] = left
-        else:
-            self._associations.pop(clientHost, None)
+    def releaseAssociation(self, clientHost: str, user: str | None = None) -> None:
+        """Forget one of C{clientHost}'s (and C{user}'s) associations."""
+        _release(self._associations, clientHost)
+        if user is not None:
+            _release(self._userAssociations, user)
 
     def buildProtocol(self, addr: IAddress | None) -> SOCKS5ServerProtocol | None:  # type: ignore[override]
-        """A protocol for a new client, or C{None} (close) if at the limit."""
+        """
+        A protocol for a new client, or C{None} (close at once) if a limit
+        is reached or the client rules refuse it.
+        """
+        host = clientHost(addr)
         if self.maxConnections is not None and self.counters.active >= self.maxConnections:
-            log.warn(
-                "Refused {client}: {limit} connections already open",
-                client=describeAddress(addr) if addr is not None else "?",
-                limit=self.maxConnections,
-            )
+            self._refuse(addr, "limit", f"{self.maxConnections} connections already open")
             return None
+        if self.maxConnectionsPerClient is not None:
+            mine = self._perClient.get(host, 0)
+            if mine >= self.maxConnectionsPerClient:
+                self._refuse(addr, f"limit {host}", f"{mine} connections already open from this address")
+                return None
+            self._perClient[host] = mine + 1
+        verdict = self.rules.admitClient(host)
+        if not verdict.allowed or verdict.log:
+            if not verdict.allowed:
+                self.clientLeft(host)
+                self._refuse(addr, f"rules {host}", verdict.reason)
+                return None
+            log.info("Admitted {client}: {reason}", client=host, reason=verdict.reason)
         protocol = self.protocol()
         protocol.factory = self
+        protocol.clientHost = host
         return protocol  # type: ignore[return-value]
+
+    def clientLeft(self, host: str | None) -> None:
+        """A client from C{host} that was admitted has gone."""
+        if self.maxConnectionsPerClient is not None:
+            _release(self._perClient, host)
+
+    def _refuse(self, addr: IAddress | None, kind: str, reason: str) -> None:
+        suppressed = self._refusals.allow(kind)
+        if suppressed is None:
+            return
+        log.warn(
+            "Refused {client}: {reason}{more}",
+            client=describeAddress(addr) if addr is not None else "?",
+            reason=reason,
+            more=f" ({suppressed} more refused like it, not logged)" if suppressed else "",
+        )

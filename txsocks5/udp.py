@@ -8,7 +8,8 @@ client reached the TCP port on, and (made when first needed) one socket per
 address family towards destinations.  Only datagrams from the client's own
 address reach destinations; datagrams from addresses the client has sent to
 go back to the client with the RFC header naming their real address, and
-datagrams from anywhere else are dropped.  Fragments
+datagrams from anywhere else are dropped.  Each destination is checked
+against the access rules (verdicts are remembered per association).  Fragments
 (FRAG != 0) and malformed headers are dropped and counted, never raised.
 """
 
@@ -97,6 +98,10 @@ class UDPRelay(DatagramProtocol):
         C{onIdle} is called; C{None} for never.
     @param onIdle: called once when the idle timeout passes.
     @param resolver: resolves destination names; the reactor's by default.
+    @param allowDestination: called as C{(name, ip, port)} to ask whether
+        datagrams may go to a destination: with the name and C{ip=None}
+        before a name is resolved, then with each address considered.
+        Everything is allowed if C{None}.
 
     @ivar counters: datagrams and bytes each way, and drops by reason.
     """
@@ -111,8 +116,11 @@ class UDPRelay(DatagramProtocol):
         idleTimeout: float | None = None,
         onIdle: Callable[[], None] | None = None,
         resolver: IHostnameResolver | None = None,
+        allowDestination: Callable[[str | None, str | None, int], bool] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._allowDestination = allowDestination
+        self._verdicts: dict[tuple[str | None, str | None, int], bool] = {}
         self.clientHost = clientHost
         self.clientPort = clientPort
         self.counters = UDPCounters()
@@ -192,10 +200,25 @@ class UDPRelay(DatagramProtocol):
         else:
             self._sendTo(destination.host, destination.port, payload)
 
-    def _sendTo(self, ip: str, port: int, payload: bytes) -> None:
+    def _allowed(self, name: str | None, ip: str | None, port: int) -> bool:
+        """Whether the rules let datagrams go to this destination (remembered)."""
+        if self._allowDestination is None:
+            return True
+        key = (name, ip, port)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= MAX_CONTACTED:
+                self._verdicts.clear()
+            verdict = self._verdicts[key] = self._allowDestination(name, ip, port)
+        return verdict
+
+    def _sendTo(self, ip: str, port: int, payload: bytes, name: str | None = None) -> None:
         if ip.startswith("::ffff:"):
             # IPv4-mapped: send (and so match answers) as the IPv4 address it is.
             ip = wire.Address.fromHost(ip, port).host
+        if self._allowDestination is not None and not self._allowed(name, ip, port):
+            self.counters.drop("denied by the rules")
+            return
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         side = self._sides.get(family)
         if side is None:
@@ -228,14 +251,14 @@ class UDPRelay(DatagramProtocol):
         return port
 
     def _sendToName(self, name: str, port: int, payload: bytes) -> None:
+        if self._allowDestination is not None and not self._allowed(name, None, port):
+            self.counters.drop("denied by the rules")
+            return
         cached = self._names.get(name)
         if cached is not None:
             expires, addresses = cached
             if expires > self._clock.seconds():
-                if addresses:
-                    self._sendTo(addresses[0], port, payload)
-                else:
-                    self.counters.drop("name did not resolve")
+                self._sendToAny(name, addresses, port, payload)
                 return
         if self._queued >= MAX_QUEUED:
             self.counters.drop("queue full while resolving")
@@ -258,10 +281,20 @@ class UDPRelay(DatagramProtocol):
             return
         self._names[name] = (self._clock.seconds() + NAME_CACHE_SECONDS, addresses)
         for payload, port in waiting:
-            if addresses:
-                self._sendTo(addresses[0], port, payload)
-            else:
-                self.counters.drop("name did not resolve")
+            self._sendToAny(name, addresses, port, payload)
+
+    def _sendToAny(self, name: str, addresses: list[str], port: int, payload: bytes) -> None:
+        """Send to the first of a name's C{addresses} the rules allow."""
+        if not addresses:
+            self.counters.drop("name did not resolve")
+            return
+        if self._allowDestination is not None:
+            allowed = [ip for ip in addresses if self._allowed(name, ip, port)]
+            if not allowed:
+                self.counters.drop("denied by the rules")
+                return
+            addresses = allowed
+        self._sendTo(addresses[0], port, payload, name)
 
     # -- destination to client ----------------------------------------------
 
