@@ -31,6 +31,7 @@ from twisted.python import usage
 from txsocks5._fastpath import installFastReactor
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
+from txsocks5.rules import Rule, RuleError, RuleSet, parseClients, parseDestination, parseRulesFile
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
 from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
@@ -128,6 +129,28 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["udp-idle-timeout", None, 300.0, "Seconds a UDP association may relay nothing.", _seconds],
         ["max-udp-associations", None, 1024, "UDP associations open at once.", _count],
         ["max-udp-per-client", None, 16, "UDP associations open at once per client address.", _count],
+        ["max-udp-per-user", None, 0, "UDP associations open at once per logged-in user.", _count],
+        [
+            "max-connections-per-client",
+            None,
+            0,
+            "Clients served at once from one address; more are refused at accept.",
+            _count,
+        ],
+        [
+            "login-attempts",
+            None,
+            5,
+            "Failed logins in a row from one address before its logins are refused for a while.",
+            _count,
+        ],
+        [
+            "login-lockout",
+            None,
+            60.0,
+            "Seconds logins are refused after too many failures (doubling for repeat offenders).",
+            _positiveSeconds,
+        ],
         [
             "workers",
             None,
@@ -149,6 +172,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["ports"] = []
         self["methods"] = []
         self["bind-check"] = PeerCheck.ADDRESS
+        self["client-rules"] = []
+        self["request-rules"] = []
 
     def opt_port(self, description: str) -> None:
         """Where to listen: an endpoint description (tcp6:1080, ssl:1080:privateKey=key.pem, ...) or a bare port number on 127.0.0.1. Repeatable. [default: 1080]"""  # noqa: E501
@@ -177,6 +202,49 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if check not in PeerCheck.ALL:
             raise usage.UsageError(f"--bind-check: one of {', '.join(PeerCheck.ALL)}")
         self["bind-check"] = check
+
+    def _clientRule(self, allow: bool, option: str, value: str) -> None:
+        try:
+            clients = parseClients(value)
+        except RuleError as e:
+            raise usage.UsageError(f"--{option} {value}: {e}") from None
+        self["client-rules"].append(Rule(allow, f"--{option} {value}", clients=clients))
+
+    def _requestRule(self, allow: bool, option: str, value: str) -> None:
+        try:
+            destination = parseDestination(value)
+        except RuleError as e:
+            raise usage.UsageError(f"--{option} {value}: {e}") from None
+        self["request-rules"].append(Rule(allow, f"--{option} {value}", destinations=(destination,)))
+
+    def opt_allow_client(self, network: str) -> None:
+        """Serve clients from this network (CIDR or address, or any); with any such rule, other clients are refused. Repeatable, in order with --deny-client."""  # noqa: E501
+        self._clientRule(True, "allow-client", network)
+
+    def opt_deny_client(self, network: str) -> None:
+        """Refuse clients from this network (CIDR or address, or any) at accept. Repeatable, in order with --allow-client."""  # noqa: E501
+        self._clientRule(False, "deny-client", network)
+
+    def opt_allow_destination(self, spec: str) -> None:
+        """Allow requests to SPEC: a CIDR or address, a name pattern (example.com, .example.com), or any; optionally :PORT or :LOW-HIGH. With any such rule, other destinations are denied. Repeatable, in order."""  # noqa: E501
+        self._requestRule(True, "allow-destination", spec)
+
+    def opt_deny_destination(self, spec: str) -> None:
+        """Deny requests to SPEC (as for --allow-destination) with REP 0x02. Repeatable, in order."""
+        self._requestRule(False, "deny-destination", spec)
+
+    def opt_rules(self, path: str) -> None:
+        """Read client and request rules from a rules file (see the README); they go in order with the rule options."""  # noqa: E501
+        try:
+            clientRules, requestRules = parseRulesFile(path)
+        except OSError as e:
+            raise usage.UsageError(f"--rules {path}: {e.strerror or e}") from None
+        except RuleError as e:
+            raise usage.UsageError(f"--rules {e}") from None
+        except UnicodeDecodeError as e:
+            raise usage.UsageError(f"--rules {path}: not UTF-8 text ({e.reason})") from None
+        self["client-rules"].extend(clientRules)
+        self["request-rules"].extend(requestRules)
 
     def opt_method(self, name: str) -> None:
         """Offer an authentication method by name (username, none, ...), most preferred first. Repeatable. [default: username with --auth, none without]"""  # noqa: E501
@@ -265,5 +333,10 @@ def makeService(options: Options | dict[str, Any]) -> Service:
         udpIdleTimeout=options["udp-idle-timeout"] or None,
         maxUDPAssociations=options["max-udp-associations"] or None,
         maxUDPAssociationsPerClient=options["max-udp-per-client"] or None,
+        maxUDPAssociationsPerUser=options["max-udp-per-user"] or None,
+        maxConnectionsPerClient=options["max-connections-per-client"] or None,
+        rules=RuleSet(options["client-rules"], options["request-rules"]),
+        maxLoginFailures=options["login-attempts"],
+        loginLockout=options["login-lockout"],
     )
     return SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True)
