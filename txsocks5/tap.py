@@ -246,6 +246,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["client-rules"].extend(clientRules)
         self["request-rules"].extend(requestRules)
 
+    def opt_auth(self, description: str) -> None:
+        """Check usernames and passwords with a twisted.cred checker: memory:USER:PASSWORD[:USER:PASSWORD...], file:PATH, htpasswd:PATH (bcrypt), ... (see --help-auth). Repeatable."""  # noqa: E501
+        try:
+            super().opt_auth(description)
+        except usage.UsageError as e:
+            # Name the checker type only: the rest may be a password.
+            message = str(e).removeprefix("Unexpected error: ")
+            raise usage.UsageError(f"--auth {description.split(':', 1)[0]}: {message}") from None
+
     def opt_method(self, name: str) -> None:
         """Offer an authentication method by name (username, none, ...), most preferred first. Repeatable. [default: username with --auth, none without]"""  # noqa: E501
         available = availableAuthenticators()
