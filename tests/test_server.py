@@ -21,6 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fakes import FakeOutbound, HalfCloseableStringTransport
 from txsocks5 import wire
 from txsocks5.auth import NoAuthentication, UsernamePasswordAuthentication
+from txsocks5.interfaces import AddressNotAllowed
+from txsocks5.limits import LoginThrottle
+from txsocks5.rules import RuleSet, parseRulesFile
 from txsocks5.server import ERROR_LINGER, SOCKS5Factory, SOCKS5ServerProtocol
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -423,3 +426,202 @@ class FuzzTests(ServerTestCase):
         protocol.connectionLost(Failure(error.ConnectionDone()))
         self.clock.advance(60)
         self.assertFalse([e for e in self.events if e["log_level"] >= LogLevel.error])
+
+
+def _login(username: bytes, password: bytes) -> bytes:
+    return b"\x05\x01\x02" + bytes([1, len(username)]) + username + bytes([len(password)]) + password
+
+
+class AccessRuleTests(ServerTestCase):
+    """Client admission, request rules and limits, as the state machine applies them."""
+
+    def rules(self, *lines: str) -> RuleSet:
+        clients, requests = parseRulesFile("t.rules", lines)
+        return RuleSet(clients, requests)
+
+    def test_deniedConnectGetsNotAllowed(self) -> None:
+        """A denied CONNECT is answered 0x02 without an outbound attempt, and logged with its rule."""
+        protocol, transport = self.connect(self.makeFactory(rules=self.rules("deny to 192.0.2.0/24")))
+        protocol.dataReceived(GREETING + CONNECT)
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+        self.assertEqual(self.outbound.attempts, [])
+        self.assertTrue(transport.disconnecting)
+        [denied] = [formatEvent(e) for e in self.events if "Denied" in formatEvent(e)]
+        self.assertIn("CONNECT 192.0.2.7:80", denied)
+        self.assertIn("rule t.rules:1", denied)
+
+    def test_protectedByDefault(self) -> None:
+        """The metadata address is denied with no rules configured."""
+        protocol, transport = self.connect()
+        request = wire.Request(wire.Command.CONNECT, wire.Address.fromHost("169.254.169.254", 80)).encode()
+        protocol.dataReceived(GREETING + request)
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+        self.assertEqual(self.outbound.attempts, [])
+
+    def test_literalSentAsName(self) -> None:
+        """An IP literal sent as a name (ATYP 3) is checked as the address it is."""
+        protocol, transport = self.connect()
+        request = wire.Request(
+            wire.Command.CONNECT, wire.Address(wire.AddressType.DOMAIN, "169.254.169.254", 80)
+        ).encode()
+        protocol.dataReceived(GREETING + request)
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+
+    def test_deniedNameBeforeResolution(self) -> None:
+        """A name rule denies before any resolution or connection."""
+        protocol, transport = self.connect(self.makeFactory(rules=self.rules("deny to .example.com")))
+        request = wire.Request(wire.Command.CONNECT, wire.Address.fromHost("www.example.com", 443)).encode()
+        protocol.dataReceived(GREETING + request)
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+        self.assertEqual(self.outbound.attempts, [])
+
+    def test_namesCarryAnAddressCheck(self) -> None:
+        """An allowed name is connected with a check for each address it resolves to."""
+        protocol, transport = self.connect(self.makeFactory(rules=self.rules("deny to 10.0.0.0/8")))
+        request = wire.Request(wire.Command.CONNECT, wire.Address.fromHost("www.example.com", 443)).encode()
+        protocol.dataReceived(GREETING + request)
+        check = self.outbound.allowAddress
+        assert check is not None
+        self.assertTrue(check("192.0.2.1"))
+        self.assertFalse(check("10.1.2.3"))
+        self.assertFalse(check("169.254.169.254"))
+
+    def test_everyAddressDeniedIsNotAllowed(self) -> None:
+        """When every address of a name is denied, the reply is 0x02."""
+        protocol, transport = self.connect()
+        request = wire.Request(wire.Command.CONNECT, wire.Address.fromHost("www.example.com", 443)).encode()
+        protocol.dataReceived(GREETING + request)
+        self.outbound.attempts[0][2].errback(AddressNotAllowed("every address denied"))
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+
+    def test_deniedAssociate(self) -> None:
+        """A rule denying the udp command answers UDP ASSOCIATE with 0x02."""
+        factory = self.makeFactory(rules=self.rules("deny command udp"))
+        protocol, transport = self.connect(factory)
+        request = wire.Request(wire.Command.UDP_ASSOCIATE, wire.Address.fromHost("0.0.0.0", 0)).encode()
+        protocol.dataReceived(GREETING + request)
+        self.assertEqual(transport.value()[2:4], b"\x05\x02")
+
+    def test_perUserRule(self) -> None:
+        """Rules naming users apply to whoever logged in."""
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"pw", bob=b"pw")
+        factory = self.makeFactory(
+            authenticators=[UsernamePasswordAuthentication()],
+            checkers=[checker],
+            rules=self.rules("allow user alice", "deny"),
+        )
+        alice, aliceTransport = self.connect(factory)
+        alice.dataReceived(_login(b"alice", b"pw") + CONNECT)
+        self.assertEqual(len(self.outbound.attempts), 1)
+        bob, bobTransport = self.connect(factory)
+        bob.dataReceived(_login(b"bob", b"pw") + CONNECT)
+        self.assertEqual(bobTransport.value()[-10:-8], b"\x05\x02")
+        self.assertEqual(len(self.outbound.attempts), 1)
+
+    def test_clientRefusedAtAccept(self) -> None:
+        """A client the client rules deny gets no protocol (the connection is closed)."""
+        factory = self.makeFactory(rules=self.rules("client deny from 127.0.0.0/8"))
+        self.assertIsNone(factory.buildProtocol(CLIENT))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
+
+    def test_refusalsAreLoggedSparingly(self) -> None:
+        """A flood of refused clients logs one line per interval, then how many were not logged."""
+        factory = self.makeFactory(rules=self.rules("client deny from any"))
+        for _ in range(5):
+            factory.buildProtocol(CLIENT)
+        self.clock.advance(11)
+        factory.buildProtocol(CLIENT)
+        lines = [formatEvent(e) for e in self.events if "Refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 2)
+        self.assertIn("4 more refused", lines[1])
+
+    def test_connectionsPerClient(self) -> None:
+        """At the per-address limit, more connections from it are refused; others are not."""
+        factory = self.makeFactory(maxConnectionsPerClient=2)
+        first, firstTransport = self.connect(factory)
+        self.connect(factory)
+        self.assertIsNone(factory.buildProtocol(CLIENT))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 1)))
+        first.connectionLost(Failure(error.ConnectionDone()))
+        self.assertIsNotNone(factory.buildProtocol(CLIENT))
+
+    def test_udpAssociationsPerUser(self) -> None:
+        """A user at the UDP association limit is refused another, from any address."""
+        factory = self.makeFactory(maxUDPAssociationsPerUser=1)
+        self.assertIsNone(factory.admitAssociation("127.0.0.1", "alice"))
+        self.assertIsNotNone(factory.admitAssociation("127.0.0.2", "alice"))
+        self.assertIsNone(factory.admitAssociation("127.0.0.2", "bob"))
+        factory.releaseAssociation("127.0.0.1", "alice")
+        self.assertIsNone(factory.admitAssociation("127.0.0.2", "alice"))
+
+
+class LoginThrottleTests(ServerTestCase):
+    """Failed logins from one address lock its logins out for a while."""
+
+    def factory(self) -> SOCKS5Factory:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"right")
+        return self.makeFactory(
+            authenticators=[UsernamePasswordAuthentication()],
+            checkers=[checker],
+            maxLoginFailures=3,
+            loginLockout=60.0,
+        )
+
+    def login(self, factory: SOCKS5Factory, password: bytes, peer: Any = CLIENT) -> bytes:
+        protocol, transport = self.connect(factory, peer)
+        protocol.dataReceived(_login(b"alice", password))
+        self.lastProtocol = protocol
+        return transport.value()[2:4]
+
+    def test_lockoutAfterFailures(self) -> None:
+        """After three failures even the right password fails, until the lockout passes."""
+        factory = self.factory()
+        for _ in range(3):
+            self.assertEqual(self.login(factory, b"wrong"), b"\x01\x01")
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x01")
+        self.assertEqual(self.lastProtocol.session.outcome, "login throttled")
+        other = IPv4Address("TCP", "127.0.0.2", 1)
+        self.assertEqual(self.login(factory, b"right", other), b"\x01\x00")
+        self.clock.advance(61)
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x00")
+
+    def test_successForgetsFailures(self) -> None:
+        """A successful login starts the count again."""
+        factory = self.factory()
+        for _ in range(2):
+            self.login(factory, b"wrong")
+        self.login(factory, b"right")
+        for _ in range(2):
+            self.login(factory, b"wrong")
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x00")
+
+    def test_repeatLockoutsDouble(self) -> None:
+        """A second lockout of the same address lasts twice as long."""
+        factory = self.factory()
+        for _ in range(3):
+            self.login(factory, b"wrong")
+        self.clock.advance(61)
+        for _ in range(3):
+            self.login(factory, b"wrong")
+        self.clock.advance(61)
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x01")
+        self.clock.advance(60)
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x00")
+
+    def test_off(self) -> None:
+        """maxLoginFailures=0 never locks out."""
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"right")
+        factory = self.makeFactory(
+            authenticators=[UsernamePasswordAuthentication()], checkers=[checker], maxLoginFailures=0
+        )
+        for _ in range(10):
+            self.login(factory, b"wrong")
+        self.assertEqual(self.login(factory, b"right"), b"\x01\x00")
+
+    def test_trackedAddressesBounded(self) -> None:
+        """The throttle remembers a bounded number of addresses."""
+        throttle = LoginThrottle(self.clock, maxFailures=3, maxTracked=100)
+        for i in range(1000):
+            throttle.failed(f"10.0.{i // 256}.{i % 256}")
+        self.assertLessEqual(len(throttle._failures), 100)
