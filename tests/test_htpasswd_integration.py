@@ -273,6 +273,19 @@ class HtpasswdTwistdTests(IntegrationTestCase):
             sock.close()
         self.assertTrue(child.running)
 
+    async def test_sighupReloads(self) -> None:
+        """SIGHUP reads the file again at once (even unchanged), and the server keeps running."""
+        path = Path(self.mktemp()).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bcryptLine(b"alice", b"pw") + bcryptLine(b"bob", b"pw"))
+        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", "--auth", f"htpasswd:{path}")
+        proxy = (LOOPBACK4, await child.listening)
+        child.transport.signalProcess("HUP")  # type: ignore[union-attr]
+        await waitFor(lambda: f"Reloaded {path} (2 user(s))".encode() in child.output, what="the reload")
+        self.assertIn(b"SIGHUP: reading the credentials again", bytes(child.output))
+        self.assertEqual(await deferToThread(login, proxy, b"bob", b"pw"), ACCEPTED)
+        self.assertTrue(child.running)
+
     async def twistd(self, *args: str) -> tuple[bytes, int]:
         """Run C{twistd -n socks5 ARGS} to completion; return its output and exit code."""
         workdir = self.mktemp()

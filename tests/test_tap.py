@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsocks5.reloading import HangupService
+from txsocks5.rules import RuleSet
+from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
 from txsocks5.tap import Options, makeService, portDescription
 
@@ -75,6 +80,13 @@ class OptionsTests(SynchronousTestCase):
             self.assertRaises(UsageError, parse, *args)
 
 
+def factoryOf(options: Options) -> SOCKS5Factory:
+    """The factory of the SOCKS5 service C{makeService} builds from C{options}."""
+    service: Any = makeService(options)
+    factory: SOCKS5Factory = service.getServiceNamed("socks5").factory
+    return factory
+
+
 class MakeServiceTests(SynchronousTestCase):
     """makeService turns options into a configured service."""
 
@@ -91,8 +103,9 @@ class MakeServiceTests(SynchronousTestCase):
                 "10",
             )
         )
-        self.assertIsInstance(service, SOCKS5Service)
-        factory = service.factory
+        socks = service.getServiceNamed("socks5")  # type: ignore[attr-defined]
+        self.assertIsInstance(socks, SOCKS5Service)
+        factory = socks.factory
         self.assertEqual(factory.idleTimeout, 60)
         self.assertIsNone(factory.negotiateTimeout)
         self.assertEqual(factory.maxConnections, 10)
@@ -101,18 +114,90 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_bindOptions(self) -> None:
         options = parse("--bind-timeout", "5", "--bind-check", "port", "--bind-port-range", "40000-40010")
-        factory = makeService(options).factory
+        factory = factoryOf(options)
         self.assertEqual((factory.bindTimeout, factory.bindCheck), (5, "port"))
         self.assertEqual(factory.bindPortRange, (40000, 40010))
-        self.assertEqual(makeService(parse()).factory.bindCheck, "address")
+        self.assertEqual(factoryOf(parse()).bindCheck, "address")
 
     def test_udpOptions(self) -> None:
-        factory = makeService(
+        factory = factoryOf(
             parse(
                 "--udp-advertise", "203.0.113.5", "--udp-port-range", "40000-40100", "--udp-idle-timeout", "0"
             )
-        ).factory
+        )
         self.assertEqual(factory.udpAdvertise, "203.0.113.5")
         self.assertEqual(factory.udpPortRange, (40000, 40100))
         self.assertIsNone(factory.udpIdleTimeout)
         self.assertEqual(factory.maxUDPAssociationsPerClient, 16)
+
+    def test_ruleOptionsInOrder(self) -> None:
+        """Rule options and rules files keep the order they were given in."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("client allow from 10.0.0.0/8\ndeny to .example.com\n")
+        factory = factoryOf(
+            parse(
+                "--deny-destination",
+                "10.0.0.0/8",
+                "--rules",
+                path,
+                "--allow-destination",
+                "any",
+                "--deny-client",
+                "10.9.0.0/16",
+            )
+        )
+        rules = factory.rules
+        assert isinstance(rules, RuleSet)
+        self.assertEqual(
+            [r.source for r in rules.requestRules],
+            ["--deny-destination 10.0.0.0/8", f"{path}:2", "--allow-destination any"],
+        )
+        self.assertEqual([r.source for r in rules.clientRules], [f"{path}:1", "--deny-client 10.9.0.0/16"])
+
+    def test_badRules(self) -> None:
+        """Bad rules are usage errors that say where and what."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("allow to any\n\ndeny to 10.0.0.1/8\n")
+        for args, expected in (
+            (["--rules", path], f"{path}:3"),
+            (["--rules", path + ".missing"], "No such file"),
+            (["--deny-destination", "10.0.0.1/8"], "did you mean 10.0.0.0/8"),
+            (["--allow-client", "example.com"], "not an IP address or network"),
+        ):
+            with self.assertRaises(UsageError) as caught:
+                parse(*args)
+            self.assertIn(expected, str(caught.exception))
+
+    def test_limitOptions(self) -> None:
+        factory = factoryOf(
+            parse(
+                "--max-connections-per-client",
+                "8",
+                "--max-udp-per-user",
+                "2",
+                "--login-attempts",
+                "3",
+                "--login-lockout",
+                "30",
+            )
+        )
+        self.assertEqual(factory.maxConnectionsPerClient, 8)
+        self.assertEqual(factory.maxUDPAssociationsPerUser, 2)
+        self.assertEqual((factory.loginThrottle.maxFailures, factory.loginThrottle.lockout), (3, 30))
+        defaults = factoryOf(parse())
+        self.assertIsNone(defaults.maxConnectionsPerClient)
+        self.assertEqual((defaults.loginThrottle.maxFailures, defaults.loginThrottle.lockout), (5, 60))
+
+    def test_hangupReloadsHtpasswd(self) -> None:
+        """With a checker that can reload, SIGHUP handling is part of the service."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("")
+        service: Any = makeService(parse("--auth", f"htpasswd:{path}"))
+        hangup = service.getServiceNamed("hangup")
+        self.assertIsInstance(hangup, HangupService)
+        self.assertEqual(len(hangup.callbacks), 1)
+        plain: Any = makeService(parse("--auth", "memory:alice:secret"))
+        self.assertEqual([s.name for s in plain], ["socks5"])

@@ -137,6 +137,17 @@ class WorkerPoolTests(IntegrationTestCase):
         for _ in range(4):
             self.assertEqual(await deferToThread(client), b"ping through the tunnel")
 
+    async def test_sighupPassedOn(self) -> None:
+        """SIGHUP to the parent reaches every worker, and none dies of it."""
+        child, port, pids = await self.startPool()
+        # The workers handle SIGHUP once they serve (before that, it would end them).
+        await waitFor(lambda: bytes(child.output).count(b"methods: none") >= 2, 20, "the workers serving")
+        child.transport.signalProcess("HUP")  # type: ignore[attr-defined]
+        await waitFor(lambda: bytes(child.output).count(b"SIGHUP: ") >= 3, 10, "SIGHUP in parent and workers")
+        self.assertTrue(child.running)
+        self.assertTrue(all(alive(pid) for pid in pids))
+        self.assertNotIn(b"starting it again", bytes(child.output))
+
     async def test_orphanedWorkersStop(self) -> None:
         """Workers whose parent is killed outright stop by themselves."""
         child, port, pids = await self.startPool()

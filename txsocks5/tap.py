@@ -14,7 +14,7 @@ import ipaddress
 import os
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
 from twisted.cred.checkers import FilePasswordDB
 from twisted.cred.credentials import IUsernamePassword
@@ -31,6 +31,7 @@ from twisted.python import usage
 from txsocks5._fastpath import installFastReactor
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
+from txsocks5.reloading import HangupService, reloaders
 from txsocks5.rules import Rule, RuleError, RuleSet, parseClients, parseDestination, parseRulesFile
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service
@@ -316,12 +317,24 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--auth is given but no method offered uses it")
 
 
-def makeService(options: Options | dict[str, Any]) -> Service:
-    """Build the service that C{twistd socks5} runs from parsed L{Options}."""
+def makeService(options: Options | dict[str, Any]) -> IService:
+    """
+    Build the service that C{twistd socks5} runs from parsed L{Options}: a
+    L{MultiService} holding the L{SOCKS5Service} (named C{"socks5"}) and,
+    when a checker can read its data again, a L{HangupService} that does so
+    on SIGHUP; or, with C{--workers}, one holding the L{WorkerPool} and a
+    L{HangupService} that passes SIGHUP on to the workers.
+    """
     from twisted.internet import reactor
 
     if options.get("workers", 1) > 1:
-        return WorkerPool(options["endpoints"], options["workers"], workerArguments(options["arguments"]))
+        pool = MultiService()
+        workers = WorkerPool(options["endpoints"], options["workers"], workerArguments(options["arguments"]))
+        workers.setServiceParent(pool)
+        HangupService(
+            reactor, [lambda: workers.signalWorkers("HUP")], "passing it on to the workers"
+        ).setServiceParent(pool)
+        return pool
     if options.get("inherited"):
         WorkerLifetime(reactor).start()
 
@@ -348,4 +361,10 @@ def makeService(options: Options | dict[str, Any]) -> Service:
         maxLoginFailures=options["login-attempts"],
         loginLockout=options["login-lockout"],
     )
-    return SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True)
+    top = MultiService()
+    SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True).setServiceParent(top)
+    reload = reloaders(factory.checkers)
+    if reload or options.get("inherited"):  # A worker gets the parent's SIGHUP passed on.
+        what = "reading the credentials again" if reload else "nothing to read again"
+        HangupService(reactor, reload, what).setServiceParent(top)
+    return top

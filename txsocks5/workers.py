@@ -8,7 +8,7 @@ clients completely: CONNECT, BIND and UDP ASSOCIATE all live in the worker
 that accepted the client.  The kernel spreads new connections over the
 workers.  A worker that dies is started again; stopping the parent
 (SIGTERM) stops every worker; a worker whose parent is gone (its stdin
-closes) stops too.
+closes) stops too.  SIGHUP to the parent is passed on to every worker.
 """
 
 from __future__ import annotations
@@ -145,6 +145,11 @@ class WorkerPool(Service):
         for port in ports:
             port.stopListening()
         return gatherResults(waits)  # type: ignore[return-value]
+
+    def signalWorkers(self, name: str) -> None:
+        """Send every worker the signal C{name} (e.g. C{"HUP"})."""
+        for worker in list(self.workers.values()):
+            _signal(worker, name)
 
     def _bind(self) -> None:
         if self.ports:
