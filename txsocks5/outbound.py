@@ -5,6 +5,7 @@ RFC 1928 REP codes.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  # Imported now: importing it needs a file descriptor.
 import errno
 from collections.abc import Callable
 from typing import Any

@@ -49,10 +49,19 @@ class HangupService(Service):
         self.what = what
         self._previous: Any = None
 
+    def privilegedStartService(self) -> None:
+        """Handle SIGHUP from now on (before the services after it log that they serve)."""
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         """Handle SIGHUP."""
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+        self._install()
+
+    def _install(self) -> None:
+        if self._previous is None:
+            self._previous = signal.signal(signal.SIGHUP, self._signalled)
 
     def stopService(self) -> None:
         """Leave SIGHUP as it was."""

@@ -418,9 +418,8 @@ class RuleSet:
 
     def describe(self) -> str:
         """How many rules of each stage there are, for the start-up log line."""
-        return f"{len(self.clientRules)} client rule(s), {len(self.requestRules)} request rule(s)" + (
-            "" if self.protect else ", protected ranges open"
-        )
+        counts = f"{len(self.clientRules)} client, {len(self.requestRules)} request"
+        return f"{counts}; protected destinations {'denied' if self.protect else 'open'}"
 
 
 # -- the rules file -----------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -331,10 +331,13 @@ class SOCKS5ServerProtocol(Protocol):
             return False
         if command == "connect":
             outbound = self.factory.outbound
-            if access.name is None:
-                connecting = outbound.connect(address, TargetFactory())
-            else:
-                connecting = outbound.connect(address, TargetFactory(), allowAddress=self._allowAddress)
+            try:
+                if access.name is None:
+                    connecting = outbound.connect(address, TargetFactory())
+                else:
+                    connecting = outbound.connect(address, TargetFactory(), allowAddress=self._allowAddress)
+            except Exception:
+                connecting = fail()  # E.g. out of file descriptors: answered like a failed connect.
             self._wait(connecting, self._connected, self._connectFailed)
         elif command == "bind":
             self._bind(address)

@@ -27,11 +27,46 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txsocks5.accepting import guardPort
+from txsocks5.interfaces import IAuthenticator, IRuleSet
+from txsocks5.rules import RuleSet, isLoopback
 from txsocks5.server import SOCKS5Factory, describeAddress
 
-__all__ = ["SOCKS5Service"]
+__all__ = ["SOCKS5Service", "OpenProxyError", "openProxyProblem"]
 
 log = Logger()
+
+
+class OpenProxyError(Exception):
+    """The server would serve anyone who can reach it, without authentication."""
+
+
+def openProxyProblem(
+    authenticators: Sequence[IAuthenticator], rules: IRuleSet, ports: Sequence[IListeningPort]
+) -> str | None:
+    """
+    Why serving on C{ports} would make an open proxy, or C{None} if it
+    would not: it does when a method without credentials is offered, no
+    client rules say who may connect, and a port listens on an address
+    other than loopback (the wildcard addresses included).  Rule sets other
+    than L{RuleSet} are taken to say who may connect.
+    """
+    if all(a.usesCredentials for a in authenticators):
+        return None
+    if not isinstance(rules, RuleSet) or rules.clientRules:
+        return None
+    public = [
+        describeAddress(address)
+        for address in (port.getHost() for port in ports)
+        if isinstance(getattr(address, "host", None), str) and not isLoopback(address.host)  # type: ignore[attr-defined]
+    ]
+    if not public:
+        return None
+    return (
+        f"refusing to serve {', '.join(public)} without authentication to anyone who can reach it;"
+        " add --auth, or say who may use it with --allow-client NETWORK"
+        " (--allow-client any to serve everyone)"
+    )
 
 
 class SOCKS5Service(Service):
@@ -39,12 +74,17 @@ class SOCKS5Service(Service):
     Listens on C{endpoints} with C{factory} while running.
 
     Binding happens in C{privilegedStartService}, so twistd can bind a
-    privileged port before it drops privileges.
+    privileged port before it drops privileges.  Each TCP port backs off
+    accepting while the process is out of file descriptors (see
+    L{txsocks5.accepting.guardPort}).
 
     @param factory: the server to run.
     @param endpoints: where to listen.
     @param exitOnListenFailure: exit the process with a message (rather
         than raise) when a port cannot be bound; what twistd wants.
+    @param refuseOpenProxy: fail (with L{OpenProxyError}) rather than serve
+        without authentication on an address other than loopback when no
+        client rules say who may connect (see L{openProxyProblem}).
     """
 
     name = "socks5"
@@ -54,8 +94,10 @@ class SOCKS5Service(Service):
         factory: SOCKS5Factory,
         endpoints: Sequence[IStreamServerEndpoint],
         exitOnListenFailure: bool = False,
+        refuseOpenProxy: bool = True,
     ) -> None:
         self.factory = factory
+        self._refuseOpenProxy = refuseOpenProxy
         self.endpoints = list(endpoints)
         self.ports: list[IListeningPort] = []
         self._exitOnListenFailure = exitOnListenFailure
@@ -100,7 +142,9 @@ class SOCKS5Service(Service):
         attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
         for attempt in attempts:
             attempt.addCallback(self._bound)
-        gatherResults(attempts, consumeErrors=True).addCallbacks(self._listened, self._listenFailed)
+        gatherResults(attempts, consumeErrors=True).addCallback(self._refuseIfOpen).addCallbacks(
+            self._listened, self._listenFailed
+        )
         if isinstance(self._result, Failure):
             # Bound synchronously (as TCP does) and failed: say so at once.
             error = self._result.value
@@ -110,19 +154,33 @@ class SOCKS5Service(Service):
 
     def _bound(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
+        guardPort(port)  # Out of descriptors: back off accepting (TCP ports; others as they are).
         return port
 
+    def _refuseIfOpen(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        if self._refuseOpenProxy:
+            factory = self.factory
+            problem = openProxyProblem(factory.authenticators, factory.rules, ports)
+            if problem is not None:
+                raise OpenProxyError(problem)
+        return ports
+
     def _listened(self, ports: list[IListeningPort]) -> None:
+        rules = self.factory.rules
         log.info(
-            "txsocks5 serving SOCKS5 on {listeners}; methods: {methods}",
+            "txsocks5 serving SOCKS5 on {listeners}; methods: {methods}; rules: {rules}",
             listeners=", ".join(describeAddress(p.getHost()) for p in ports),
             methods=", ".join(a.name for a in self.factory.authenticators),
+            rules=rules.describe() if isinstance(rules, RuleSet) else repr(rules),
         )
         self._settle(ports)
 
     def _listenFailed(self, failure: Failure) -> None:
         cause: Failure = getattr(failure.value, "subFailure", failure)  # gatherResults wraps it in FirstError
-        log.critical("txsocks5 could not listen: {error}", error=cause.getErrorMessage())
+        if cause.check(OpenProxyError):
+            log.critical("txsocks5 {error}", error=cause.getErrorMessage())
+        else:
+            log.critical("txsocks5 could not listen: {error}", error=cause.getErrorMessage())
         for port in self.ports:
             port.stopListening()
         self.ports = []

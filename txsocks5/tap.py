@@ -29,12 +29,13 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python import usage
 
 from txsocks5._fastpath import installFastReactor
+from txsocks5.accepting import raiseFileLimit
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.reloading import HangupService, reloaders
 from txsocks5.rules import Rule, RuleError, RuleSet, parseClients, parseDestination, parseRulesFile
 from txsocks5.server import SOCKS5Factory
-from txsocks5.service import SOCKS5Service
+from txsocks5.service import SOCKS5Service, openProxyProblem
 from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
 
 __all__ = ["Options", "makeService", "portDescription"]
@@ -317,6 +318,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--auth is given but no method offered uses it")
 
 
+def _ruleSet(options: Options | dict[str, Any]) -> RuleSet:
+    return RuleSet(options.get("client-rules", ()), options.get("request-rules", ()))
+
+
 def makeService(options: Options | dict[str, Any]) -> IService:
     """
     Build the service that C{twistd socks5} runs from parsed L{Options}: a
@@ -327,13 +332,20 @@ def makeService(options: Options | dict[str, Any]) -> IService:
     """
     from twisted.internet import reactor
 
+    raiseFileLimit(reactor)
     if options.get("workers", 1) > 1:
         pool = MultiService()
-        workers = WorkerPool(options["endpoints"], options["workers"], workerArguments(options["arguments"]))
-        workers.setServiceParent(pool)
+        methods, rules = options["methods"], _ruleSet(options)
+        workers = WorkerPool(
+            options["endpoints"],
+            options["workers"],
+            workerArguments(options["arguments"]),
+            check=lambda ports: openProxyProblem(methods, rules, ports),
+        )
         HangupService(
             reactor, [lambda: workers.signalWorkers("HUP")], "passing it on to the workers"
         ).setServiceParent(pool)
+        workers.setServiceParent(pool)
         return pool
     if options.get("inherited"):
         WorkerLifetime(reactor).start()
@@ -357,14 +369,15 @@ def makeService(options: Options | dict[str, Any]) -> IService:
         maxUDPAssociationsPerClient=options["max-udp-per-client"] or None,
         maxUDPAssociationsPerUser=options["max-udp-per-user"] or None,
         maxConnectionsPerClient=options["max-connections-per-client"] or None,
-        rules=RuleSet(options["client-rules"], options["request-rules"]),
+        rules=_ruleSet(options),
         maxLoginFailures=options["login-attempts"],
         loginLockout=options["login-lockout"],
     )
     top = MultiService()
-    SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True).setServiceParent(top)
     reload = reloaders(factory.checkers)
     if reload or options.get("inherited"):  # A worker gets the parent's SIGHUP passed on.
+        # First: it handles SIGHUP before the server says it serves.
         what = "reading the credentials again" if reload else "nothing to read again"
         HangupService(reactor, reload, what).setServiceParent(top)
+    SOCKS5Service(factory, options["endpoints"], exitOnListenFailure=True).setServiceParent(top)
     return top

@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 from twisted.application.service import Service
@@ -92,6 +92,8 @@ class WorkerPool(Service):
     @param count: how many workers.
     @param arguments: the C{socks5} arguments each worker gets (see
         L{workerArguments}).
+    @param check: given the bound ports, says why the workers must not
+        serve them (the process exits with that message), or C{None}.
     """
 
     name = "socks5-workers"
@@ -102,7 +104,9 @@ class WorkerPool(Service):
         count: int,
         arguments: Sequence[str],
         reactor: object = None,
+        check: Callable[[list[IListeningPort]], str | None] | None = None,
     ) -> None:
+        self._check = check
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -164,6 +168,9 @@ class WorkerPool(Service):
             port = bound[0]
             port.stopReading()  # type: ignore[attr-defined]  # The workers accept.
             self.ports.append(port)
+        problem = self._check(self.ports) if self._check is not None else None
+        if problem is not None:
+            sys.exit(f"txsocks5: {problem}")
 
     def _spawn(self, index: int) -> None:
         worker = _Worker(self, index)
