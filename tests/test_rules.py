@@ -393,3 +393,30 @@ class RuleSetTests(SynchronousTestCase):
         self.assertEqual(
             RuleSet([rule], [rule]).describe(), "1 client, 1 request; protected destinations denied"
         )
+
+    def test_deniedNameAfterNetworkRule(self) -> None:
+        """A name denied whatever it resolves to is denied before resolution."""
+        rules = ruleSet("deny to 10.0.0.0/8", "deny to .blocked.example", "allow to any")
+        verdict = rules.checkRequest(connect(name="www.blocked.example"))
+        assert verdict is not None
+        self.assertFalse(verdict.allowed)
+        self.assertEqual(verdict.reason, "rule test.rules:2")
+        self.assertIsNone(rules.checkRequest(connect(name="fine.example")))
+        onlyDenies = ruleSet("deny to 10.0.0.0/8")
+        self.assertIsNone(onlyDenies.checkRequest(connect(name="fine.example")))
+        allowList = ruleSet("deny to 10.0.0.0/8", "allow to .ok.example")
+        verdict = allowList.checkRequest(connect(name="other.example"))
+        assert verdict is not None
+        self.assertFalse(verdict.allowed, "no rule can allow it")
+        self.assertIsNone(ruleSet("allow to 10.0.0.0/8", "deny").checkRequest(connect(name="x.example")))
+
+    def test_broadDestinationBesideNarrowOne(self) -> None:
+        """Only the destination that matched can open a protected range, not one beside it."""
+        rules = ruleSet("allow to 127.0.0.1:8080, any", "allow to 169.254.169.254:80, .example")
+        for address, port in (("127.0.0.1", 22), ("169.254.169.254", 443)):
+            verdict = rules.checkRequest(connect(address, port))
+            assert verdict is not None
+            self.assertFalse(verdict.allowed, (address, port))
+        verdict = rules.checkRequest(connect("127.0.0.1", 8080))
+        assert verdict is not None
+        self.assertTrue(verdict.allowed)

@@ -586,6 +586,17 @@ class LoginThrottleTests(ServerTestCase):
         self.clock.advance(61)
         self.assertEqual(self.login(factory, b"right"), b"\x01\x00")
 
+    def test_lockoutAppliesWhenCredentialsArrive(self) -> None:
+        """A client that greeted before the lockout began is refused unchecked too."""
+        factory = self.factory()
+        early, earlyTransport = self.connect(factory)
+        early.dataReceived(b"\x05\x01\x02")
+        for _ in range(3):
+            self.login(factory, b"wrong")
+        early.dataReceived(_login(b"alice", b"right")[3:])
+        self.assertEqual(earlyTransport.value(), b"\x05\x02\x01\x01")
+        self.assertEqual(early.session.outcome, "login throttled")
+
     def test_successForgetsFailures(self) -> None:
         """A successful login starts the count again."""
         factory = self.factory()

@@ -6,12 +6,18 @@ log (L{LogThrottle}).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
-__all__ = ["LoginThrottle", "LogThrottle"]
+__all__ = ["LoginThrottle", "LogThrottle", "ThrottledCheckers"]
 
 log = Logger()
 
@@ -88,6 +94,10 @@ class LoginThrottle:
                 failed=self.maxFailures,
             )
 
+    def guard(self, checkers: Sequence[ICredentialsChecker], client: str) -> ThrottledCheckers:
+        """C{checkers} for one login from C{client}, refusing unchecked while it is locked out."""
+        return ThrottledCheckers(self, client, checkers)
+
     def succeeded(self, client: str) -> None:
         """Forget C{client}'s failed logins."""
         self._failures.pop(client, None)
@@ -95,6 +105,40 @@ class LoginThrottle:
     def _forgetOldest(self) -> None:
         for client in list(self._failures)[: max(1, self.maxTracked // 16)]:
             del self._failures[client]
+
+
+@implementer(ICredentialsChecker)
+class _ThrottledChecker:
+    """A checker that is not asked while its client is locked out."""
+
+    def __init__(self, checker: ICredentialsChecker, owner: ThrottledCheckers) -> None:
+        self._checker = checker
+        self._owner = owner
+        self.credentialInterfaces = checker.credentialInterfaces
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        owner = self._owner
+        if owner.throttle.locked(owner.client):
+            owner.refused = True
+            return fail(UnauthorizedLogin("logins from this address are paused"))
+        return self._checker.requestAvatarId(credentials)  # type: ignore[no-any-return]
+
+
+class ThrottledCheckers:
+    """
+    The checkers one login from C{client} is checked by: each refuses,
+    without asking the real one, if C{client} is locked out when the
+    credentials arrive (not only when the client connected).
+
+    @ivar checkers: the guarded checkers, in order.
+    @ivar refused: whether a check was refused because of a lockout.
+    """
+
+    def __init__(self, throttle: LoginThrottle, client: str, checkers: Sequence[ICredentialsChecker]) -> None:
+        self.throttle = throttle
+        self.client = client
+        self.refused = False
+        self.checkers: list[ICredentialsChecker] = [_ThrottledChecker(c, self) for c in checkers]
 
 
 class LogThrottle:

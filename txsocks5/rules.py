@@ -310,9 +310,15 @@ class Rule:
                 undecided = True
         return None if undecided else False
 
-    def opens(self, protected: Network) -> bool:
-        """Whether this rule names a network inside C{protected}, so it may open it."""
-        return any(d.network is not None and d.network.within(protected) for d in self.destinations)
+    def opens(self, protected: Network, request: AccessRequest) -> bool:
+        """
+        Whether this rule opens C{protected} to C{request}: a destination of
+        it that matches the request is a network inside C{protected}.
+        """
+        return any(
+            d.network is not None and d.network.within(protected) and d.matches(request)
+            for d in self.destinations
+        )
 
     def describe(self) -> str:
         """The rule, as a short text for logs."""
@@ -388,17 +394,28 @@ class RuleSet:
     def checkRequest(self, request: AccessRequest) -> Verdict | None:
         """See L{IRuleSet.checkRequest}."""
         protection = self._protection(request)
+        # A rule that may match once more is known (a network, for a name not
+        # yet resolved) leaves the verdict open if it allows; if it denies,
+        # a later deny still denies whatever the address turns out to be.
+        undecidedDeny = False
         for rule in self.requestRules:
             matched = rule.matches(request)
             if matched is False:
                 continue
             if matched is None:
-                return None
-            if protection is not None and rule.allow and not rule.opens(protection.network):
+                if rule.allow:
+                    return None
+                undecidedDeny = True
+                continue
+            if protection is not None and rule.allow and not rule.opens(protection.network, request):
                 continue  # A broad allow does not open a protected range.
+            if rule.allow and undecidedDeny:
+                return None
             return Verdict(rule.allow, f"rule {rule.source}", rule.log)
         if protection is not None:
             return Verdict(False, f"{protection.label} destination {protection.network} is protected")
+        if undecidedDeny and self._requestDefault.allowed:
+            return None
         return self._requestDefault
 
     def _protection(self, request: AccessRequest) -> Protection | None:

@@ -46,7 +46,7 @@ from txsocks5.interfaces import (
     IRuleSet,
     Verdict,
 )
-from txsocks5.limits import LoginThrottle, LogThrottle
+from txsocks5.limits import LoginThrottle, LogThrottle, ThrottledCheckers
 from txsocks5.outbound import DirectOutbound, replyForFailure
 from txsocks5.ports import localAddressFacing, resolveName
 from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
@@ -130,8 +130,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._bindListener: BindListener | None = None
         self._holding = False  # Reading (and keeping) bytes while a wait goes on.
         self._timer: IDelayedCall | None = None
-        self._authenticator: IAuthenticator | None = None
-        self._loginThrottled = False
+        self._loginGuard: ThrottledCheckers | None = None
         self._access: AccessRequest | None = None
         self._deniedBy: Verdict | None = None
         self._paused = False
@@ -246,12 +245,11 @@ class SOCKS5ServerProtocol(Protocol):
             return False
         self.session.outcome = "closed during authentication"
         self.transport.write(wire.MethodSelection(authenticator.method).encode())  # type: ignore[union-attr]
-        self._authenticator = authenticator
         checkers = self.factory.checkers
-        throttle = self.factory.loginThrottle
-        if authenticator.usesCredentials and self.clientHost is not None and throttle.locked(self.clientHost):
-            checkers = []  # Refused without a check: guessing is paused for this address.
-            self._loginThrottled = True
+        if authenticator.usesCredentials and self.clientHost is not None:
+            # Refused without a check while the address is locked out.
+            self._loginGuard = self.factory.loginThrottle.guard(checkers, self.clientHost)
+            checkers = self._loginGuard.checkers
         self._negotiation = authenticator.negotiate(
             checkers,
             self.transport.getPeer(),  # type: ignore[union-attr]
@@ -274,16 +272,15 @@ class SOCKS5ServerProtocol(Protocol):
     def _authenticated(self, outcome: AuthOutcome) -> None:
         if outcome.reply:
             self.transport.write(outcome.reply)  # type: ignore[union-attr]
-        authenticator = self._authenticator
-        if authenticator is not None and authenticator.usesCredentials and self.clientHost is not None:
-            throttle = self.factory.loginThrottle
-            if self._loginThrottled:
+        guard = self._loginGuard
+        if guard is not None:
+            if guard.refused and not outcome.accepted:
                 self._close("login throttled")
                 return
             if outcome.accepted:
-                throttle.succeeded(self.clientHost)
+                guard.throttle.succeeded(guard.client)
             else:
-                throttle.failed(self.clientHost)
+                guard.throttle.failed(guard.client)
         if not outcome.accepted:
             self._close("authentication failed")
             return
