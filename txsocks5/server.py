@@ -132,7 +132,6 @@ class SOCKS5ServerProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._loginGuard: ThrottledCheckers | None = None
         self._access: AccessRequest | None = None
-        self._deniedBy: Verdict | None = None
         self._paused = False
         self._clientEnded = False
         self._closed = False
@@ -345,7 +344,6 @@ class SOCKS5ServerProtocol(Protocol):
     def _allowed(self, verdict: Verdict, access: AccessRequest) -> bool:
         """Whether C{verdict} allows; log it if it denies or its rule asks to."""
         if not verdict.allowed:
-            self._deniedBy = verdict
             log.info(
                 "Denied {command} {destination} for {client}{user}: {reason}",
                 command=access.command.upper(),
