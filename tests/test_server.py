@@ -24,7 +24,7 @@ from txsocks5.auth import NoAuthentication, UsernamePasswordAuthentication
 from txsocks5.interfaces import AddressNotAllowed
 from txsocks5.limits import LoginThrottle
 from txsocks5.rules import RuleSet, parseRulesFile
-from txsocks5.server import ERROR_LINGER, SOCKS5Factory, SOCKS5ServerProtocol
+from txsocks5.server import ERROR_LINGER, HOLD_LIMIT, SOCKS5Factory, SOCKS5ServerProtocol
 
 CLIENT = IPv4Address("TCP", "127.0.0.1", 50000)
 GREETING = b"\x05\x01\x00"
@@ -104,9 +104,21 @@ class NegotiationTests(ServerTestCase):
         """Data sent with the request, before the reply, reaches the target."""
         protocol, transport = self.connect()
         protocol.dataReceived(GREETING + CONNECT + b"early data")
+        protocol.dataReceived(b", more while connecting")
+        self.assertEqual(transport.producerState, "producing")
+        _, target = self.outbound.succeed()
+        self.assertEqual(target.value(), b"early data, more while connecting")
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_holdLimitWhileConnecting(self) -> None:
+        """Past HOLD_LIMIT bytes sent ahead, reading pauses until the tunnel is up."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(GREETING + CONNECT)
+        ahead = b"x" * (HOLD_LIMIT + 1)
+        protocol.dataReceived(ahead)
         self.assertEqual(transport.producerState, "paused")
         _, target = self.outbound.succeed()
-        self.assertEqual(target.value(), b"early data")
+        self.assertEqual(target.value(), ahead)
         self.assertEqual(transport.producerState, "producing")
 
     def test_relayBothWays(self) -> None:

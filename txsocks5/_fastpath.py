@@ -13,6 +13,9 @@ The speed-ups that rely on Twisted internals, kept in this one module.
 - L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
+- L{shutdownWriteDirectly}: a half-close (FIN) sent at once when nothing is
+  waiting to be written, instead of asking to be told when the socket is
+  writable (two C{epoll_ctl} calls and a trip through the poll loop).
 
 Both are used only with the Twisted releases they were checked against
 (L{TESTED_TWISTED}) and where the internals look as expected; otherwise
@@ -32,6 +35,7 @@ __all__ = [
     "FastEPollReactor",
     "TESTED_TWISTED",
     "canWriteDirectly",
+    "shutdownWriteDirectly",
     "writeDirectly",
     "writePublicly",
     "fastReactorAvailable",
@@ -63,7 +67,7 @@ def fastReactorAvailable() -> bool:
 
 _directWritesAvailable = _twistedVersion() in TESTED_TWISTED and all(
     hasattr(tcp.Connection, name)
-    for name in ("offset", "dataBuffer", "_writeDisconnecting", "_writeDisconnected")
+    for name in ("offset", "dataBuffer", "_writeDisconnecting", "_writeDisconnected", "_closeWriteConnection")
 )
 
 
@@ -144,6 +148,29 @@ def writeDirectly(transport: tcp.Connection, data: bytes) -> None:
             return
         data = data[sent:]
     conn.write(data)
+
+
+def shutdownWriteDirectly(transport: tcp.Connection) -> bool:
+    """
+    Half-close C{transport} (as its C{loseWriteConnection} would) at once,
+    if nothing is waiting to be written and no producer is registered;
+    return whether it did.  Only for transports L{canWriteDirectly} accepts.
+    """
+    conn = transport
+    if (
+        conn.connected
+        and not conn.disconnecting
+        and not conn._writeDisconnecting
+        and not conn._writeDisconnected
+        and conn.producer is None
+        and not conn._tempDataLen
+        and conn.offset == len(conn.dataBuffer)
+    ):
+        # What FileDescriptor.doWrite does once the buffer is empty.
+        conn._writeDisconnected = True
+        conn._closeWriteConnection()
+        return True
+    return False
 
 
 def writePublicly(transport: ITransport, data: bytes) -> None:

@@ -27,7 +27,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txsocks5._fastpath import canWriteDirectly, writeDirectly, writePublicly
+from txsocks5._fastpath import canWriteDirectly, shutdownWriteDirectly, writeDirectly, writePublicly
 from txsocks5.interfaces import IConnectingFactory
 
 __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE", "FIRST_READ_SIZE"]
@@ -55,6 +55,8 @@ def _readMore(transport: ITransport) -> None:
 
 def _shutdownWrite(transport: ITransport) -> None:
     """Send a FIN on C{transport}, or close it if it cannot half-close."""
+    if canWriteDirectly(transport) and shutdownWriteDirectly(transport):  # type: ignore[arg-type]
+        return
     loseWrite = getattr(transport, "loseWriteConnection", None)
     if loseWrite is not None:
         loseWrite()

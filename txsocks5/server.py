@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5 import wire
+from txsocks5._fastpath import canWriteDirectly, writeDirectly
 from txsocks5.accounting import Counters, Session, logSession
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.bind import BindListener, PeerCheck
@@ -133,12 +134,14 @@ class SOCKS5ServerProtocol(Protocol):
         self._loginGuard: ThrottledCheckers | None = None
         self._access: AccessRequest | None = None
         self._paused = False
+        self._direct = False
         self._clientEnded = False
         self._closed = False
 
     # -- connection events ------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._direct = canWriteDirectly(self.transport)
         factory = self.factory
         factory.counters.active += 1
         self.session = Session(
@@ -154,7 +157,7 @@ class SOCKS5ServerProtocol(Protocol):
             return
         if self._step is None:
             if self._holding:
-                # Bytes for the peer a BIND waits for: keep them, within limits.
+                # Bytes sent ahead while a wait goes on: keep them, within limits.
                 self._buffer += data
                 if len(self._buffer) > HOLD_LIMIT and not self._paused:
                     self._paused = True
@@ -239,11 +242,11 @@ class SOCKS5ServerProtocol(Protocol):
             if authenticator.method in offered:
                 break
         else:
-            self.transport.write(wire.MethodSelection(wire.Method.NO_ACCEPTABLE).encode())  # type: ignore[union-attr]
+            self._write(wire.MethodSelection(wire.Method.NO_ACCEPTABLE).encode())
             self._close("no acceptable method")
             return False
         self.session.outcome = "closed during authentication"
-        self.transport.write(wire.MethodSelection(authenticator.method).encode())  # type: ignore[union-attr]
+        self._write(wire.MethodSelection(authenticator.method).encode())
         checkers = self.factory.checkers
         if authenticator.usesCredentials and self.clientHost is not None:
             # Refused without a check while the address is locked out.
@@ -270,7 +273,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _authenticated(self, outcome: AuthOutcome) -> None:
         if outcome.reply:
-            self.transport.write(outcome.reply)  # type: ignore[union-attr]
+            self._write(outcome.reply)
         guard = self._loginGuard
         if guard is not None:
             if guard.refused and not outcome.accepted:
@@ -430,20 +433,16 @@ class SOCKS5ServerProtocol(Protocol):
             self._replyError(wire.Reply.GENERAL_FAILURE)
             return
         self._bindListener = listener
-        transport.write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
-        # Keep reading while the peer is awaited, to see the client leave.
-        self._holding = True
-        self._wait(listener.peer, self._peerArrived, self._bindFailed, pause=False)
+        self._write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
+        self._wait(listener.peer, self._peerArrived, self._bindFailed)
 
     def _peerArrived(self, peer: TargetProtocol) -> None:
-        self._holding = False
         self._bindListener = None
         assert peer.transport is not None
         self.session.destination = describeAddress(peer.transport.getPeer())
         self._relayTo(peer, peer.transport.getPeer())
 
     def _bindFailed(self, failure: Failure) -> None:
-        self._holding = False
         log.debug(
             "BIND for {client} failed: {error}", client=self.session.client, error=failure.getErrorMessage()
         )
@@ -488,7 +487,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.session.outcome = "succeeded"
         bound = wire.Address.fromHost(factory.udpAdvertise or localHost, port.getHost().port)  # type: ignore[attr-defined]
         self.session.destination = str(bound)
-        transport.write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
+        self._write(wire.Response(wire.Reply.SUCCEEDED, bound).encode())
         if self._clientEnded:
             transport.loseConnection()
 
@@ -505,7 +504,7 @@ class SOCKS5ServerProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         assert transport is not None and target.transport is not None
-        transport.write(
+        self._write(
             wire.Response(
                 wire.Reply.SUCCEEDED,
                 wire.Address.fromHost(replyAddress.host, replyAddress.port),  # type: ignore[attr-defined]
@@ -540,17 +539,23 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- helpers ------------------------------------------------------------
 
+    def _write(self, data: bytes) -> None:
+        """Send negotiation bytes: straight to the socket when it can take them."""
+        if self._direct:
+            writeDirectly(self.transport, data)  # type: ignore[arg-type]
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
     def _wait(
         self,
         d: Deferred[Any],
         callback: Callable[[Any], None],
         errback: Callable[[Failure], None] | None = None,
-        pause: bool = True,
     ) -> None:
         """
         Run C{callback} (or C{errback}) when C{d} fires; nothing runs if the
-        client has gone.  Unless C{pause} is false, nothing is read from the
-        client until then.
+        client has gone.  Meanwhile what the client sends is kept (reading
+        pauses past L{HOLD_LIMIT} bytes) for the next step.
         """
         self._pending = d
 
@@ -558,6 +563,7 @@ class SOCKS5ServerProtocol(Protocol):
             if self._pending is not d:
                 return  # The client went away and cancelled this.
             self._pending = None
+            self._holding = False
             if isinstance(result, Failure):
                 if errback is None:
                     result.raiseException()
@@ -566,14 +572,10 @@ class SOCKS5ServerProtocol(Protocol):
                 callback(result)
 
         d.addBoth(done).addErrback(self._internalError)
-        if self._pending is not d:
-            return
-        if pause and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-        elif not pause and self._paused:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._pending is d:
+            # Not done yet.  Reading goes on (pausing and resuming would cost
+            # two system calls), keeping what arrives.
+            self._holding = True
 
     def _continue(self) -> None:
         """Go on reading after a wait."""
@@ -590,13 +592,14 @@ class SOCKS5ServerProtocol(Protocol):
             self._close("protocol error")
 
     def _replyError(self, reply: wire.Reply) -> None:
-        self.transport.write(wire.Response(reply, _UNSPECIFIED).encode())  # type: ignore[union-attr]
+        self._write(wire.Response(reply, _UNSPECIFIED).encode())
         self._close(_OUTCOMES.get(reply, f"reply {reply:#04x}"))
 
     def _close(self, outcome: str) -> None:
         """Close after what was written is sent, giving up after L{ERROR_LINGER}."""
         self.session.outcome = outcome
         self._step = None
+        self._holding = False
         transport = self.transport
         assert transport is not None
         if self._paused:
