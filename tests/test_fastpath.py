@@ -5,13 +5,15 @@ both they and the public paths they replace carry data right.
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import test_integration as integration
-from tests.support import IntegrationTestCase, socksConnect, startTwistd
+from tests.support import IntegrationTestCase, needsIPv6, socksConnect, startTwistd
 from tests.test_integration import echoRoundTrip, startEcho
 from txsocks5 import _fastpath
 
@@ -61,6 +63,57 @@ class TwistdReactorTests(IntegrationTestCase):
         """twistd --reactor=epoll keeps Twisted's own reactor, and it works as well."""
         output = await self.serveThrough("--reactor=epoll")
         self.assertIn(b"reactor class: twisted.internet.epollreactor.EPollReactor", output)
+
+
+class FastConnectTests(IntegrationTestCase):
+    """CONNECT outcomes through twistd on the fast reactor (its own connect path)."""
+
+    async def startProxy(self) -> tuple[str, int]:
+        if not (_fastpath.fastReactorAvailable() and _fastpath._fastConnectAvailable):
+            raise SkipTest("the fast connect path is not used with this Twisted")
+        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1")
+        return ("127.0.0.1", await child.listening)
+
+    async def test_refused(self) -> None:
+        """A refused connection is answered 0x05, as on the public path."""
+        proxy = await self.startProxy()
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closedPort = unused.getsockname()[1]
+
+        def client() -> int:
+            sock, reply = socksConnect(proxy, "127.0.0.1", closedPort)
+            sock.close()
+            return reply[0]
+
+        self.assertEqual(await deferToThread(client), 0x05)
+
+    async def test_manyAtOnce(self) -> None:
+        """Connections made while others connect each relay their own data."""
+        proxy = await self.startProxy()
+        _, targetPort = await startEcho(self)
+
+        def clients() -> list[bytes]:
+            socks = [socksConnect(proxy, "127.0.0.1", targetPort)[0] for _ in range(20)]
+            try:
+                return [echoRoundTrip(sock, f"tunnel {i}".encode()) for i, sock in enumerate(socks)]
+            finally:
+                for sock in socks:
+                    sock.close()
+
+        self.assertEqual(await deferToThread(clients), [f"tunnel {i}".encode() for i in range(20)])
+
+    @needsIPv6
+    async def test_ipv6(self) -> None:
+        proxy = await self.startProxy()
+        _, targetPort = await startEcho(self, "::1")
+
+        def client() -> bytes:
+            sock, reply = socksConnect(proxy, "::1", targetPort)
+            with sock:
+                return echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
 
 
 class DirectWriterTests(SynchronousTestCase):

@@ -9,7 +9,10 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   raises.  C{twistd socks5} installs it unless a reactor was chosen
   (C{twistd --reactor=...}).  The only visible difference: legacy
   C{log.msg} lines from Twisted's own transports show C{-} instead of the
-  protocol's log prefix.
+  protocol's log prefix.  Its C{connectTCP} to an IP literal connects at
+  once (no Deferred standing in for a resolution), calls C{connect()} once,
+  and registers the socket with epoll once while connecting and once after:
+  three system calls and two C{epoll_ctl} fewer per connection.
 - L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
@@ -25,9 +28,12 @@ the public path (the stock reactor, C{transport.write}) is used.
 from __future__ import annotations
 
 import errno
+import socket
 import sys
+from os import strerror
+from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
 from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
@@ -71,10 +77,101 @@ _directWritesAvailable = _twistedVersion() in TESTED_TWISTED and all(
 )
 
 
+_fastConnectAvailable = (
+    _twistedVersion() in TESTED_TWISTED
+    and hasattr(tcp.Connector, "_makeTransport")
+    and all(
+        hasattr(tcp.Client, name)
+        for name in ("resolveAddress", "_setRealAddress", "_connectDone", "failIfNotConnected")
+    )
+)
+
+
+class _FastClient(tcp.Client):
+    """
+    A C{tcp.Client} that connects to an IP literal without a Deferred, with
+    one C{connect()} call, and with one epoll registration for reading and
+    writing while connecting (see L{FastEPollReactor.connectTCP}).
+    """
+
+    _connectStarted = False
+
+    def resolveAddress(self) -> None:
+        if self._requiresResolution:
+            super().resolveAddress()  # type: ignore[no-untyped-call]
+            return
+        try:
+            self._setRealAddress(self.addr)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            self.failIfNotConnected(e)  # type: ignore[no-untyped-call]
+
+    def doConnect(self) -> None:
+        self.doWrite = self.doConnect  # type: ignore[method-assign]
+        self.doRead = self.doConnect  # type: ignore[method-assign]
+        if not hasattr(self, "connector"):
+            return
+        if self._connectStarted:
+            # Writable (or readable with an error): the attempt is over.
+            result = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            try:
+                result = self.socket.connect_ex(self.realAddress)
+            except OSError as e:
+                result = e.args[0]
+            if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+                self._connectStarted = True
+                # Reading too: a refused attempt reports EPOLLIN with its error.
+                self.reactor._addReaderAndWriter(self)  # type: ignore[attr-defined]
+                return
+            if result == errno.EISCONN:
+                result = 0
+        if result:
+            self.failIfNotConnected(error.getConnectError((result, strerror(result))))  # type: ignore[no-untyped-call]
+            return
+        del self.doWrite
+        del self.doRead
+        self.stopWriting()  # Reading stays registered for the connection.
+        self._connectDone()  # type: ignore[no-untyped-call]
+
+
+class _FastConnector(tcp.Connector):
+    """A C{tcp.Connector} whose attempts are L{_FastClient}s."""
+
+    def _makeTransport(self) -> tcp.Client:
+        return _FastClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
 if epollreactor is not None:
 
     class FastEPollReactor(epollreactor.EPollReactor):
         """L{epollreactor.EPollReactor} without the per-event logging context."""
+
+        def connectTCP(
+            self,
+            host: str,
+            port: int,
+            factory: Any,
+            timeout: float = 30.0,
+            bindAddress: Any = None,
+        ) -> Any:
+            """Connect as Twisted does, through L{_FastClient} attempts."""
+            if not _fastConnectAvailable:
+                return super().connectTCP(host, port, factory, timeout, bindAddress)
+            connector = _FastConnector(host, port, factory, timeout, bindAddress, self)
+            connector.connect()
+            return connector
+
+        def _addReaderAndWriter(self, selectable: Any) -> None:
+            """Watch C{selectable} for reading and writing with one C{epoll_ctl}."""
+            fd = selectable.fileno()
+            if fd in self._reads or fd in self._writes:
+                self.addReader(selectable)
+                self.addWriter(selectable)
+                return
+            self._poller.register(fd, epollreactor.EPOLLIN | epollreactor.EPOLLOUT)
+            self._reads.add(fd)
+            self._writes.add(fd)
+            self._selectables[fd] = selectable
 
         def doPoll(self, timeout: float | None) -> None:
             """Poll for events and dispatch each to its selectable."""
