@@ -346,26 +346,17 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _allowed(self, verdict: Verdict, access: AccessRequest) -> bool:
         """Whether C{verdict} allows; log it if it denies or its rule asks to."""
-        if not verdict.allowed:
+        if not verdict.allowed or verdict.log:
             log.info(
-                "Denied {command} {destination} for {client}{user}: {reason}",
+                "{verdict} {command} {destination} for {client}{user}: {reason}",
+                verdict="Allowed" if verdict.allowed else "Denied",
                 command=access.command.upper(),
                 destination=_describeAccess(access),
                 client=self.session.client,
                 user=f" (user {access.user})" if access.user is not None else "",
                 reason=verdict.reason,
             )
-            return False
-        if verdict.log:
-            log.info(
-                "Allowed {command} {destination} for {client}{user}: {reason}",
-                command=access.command.upper(),
-                destination=_describeAccess(access),
-                client=self.session.client,
-                user=f" (user {access.user})" if access.user is not None else "",
-                reason=verdict.reason,
-            )
-        return True
+        return verdict.allowed
 
     def _allowAddress(self, ip: str) -> bool:
         """Whether the rules let this request reach C{ip}, one of its name's addresses."""
