@@ -257,6 +257,15 @@ class TimeoutTests(ServerTestCase):
         [event] = self.sessionEvents()
         self.assertEqual(event["outcome"], "negotiation timeout")
 
+    def test_sessionLogOff(self) -> None:
+        """logSessions=False: no session event, but the counters still count."""
+        factory = self.makeFactory(negotiateTimeout=5, logSessions=False)
+        protocol, transport = self.connect(factory)
+        self.clock.advance(6)
+        protocol.connectionLost(Failure(error.ConnectionAborted()))
+        self.assertEqual(self.sessionEvents(), [])
+        self.assertEqual(factory.counters.outcomes, {"negotiation timeout": 1})
+
     def test_noTimeoutOnceRelaying(self) -> None:
         """The negotiation timer stops once the request is in."""
         protocol, transport = self.connect(self.makeFactory(negotiateTimeout=5))

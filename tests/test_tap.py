@@ -187,6 +187,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(factory.maxUDPAssociationsPerUser, 2)
         self.assertEqual((factory.loginThrottle.maxFailures, factory.loginThrottle.lockout), (3, 30))
         defaults = factoryOf(parse())
+        self.assertTrue(defaults.logSessions)
+        self.assertFalse(factoryOf(parse("--no-session-log")).logSessions)
         self.assertIsNone(defaults.maxConnectionsPerClient)
         self.assertEqual((defaults.loginThrottle.maxFailures, defaults.loginThrottle.lockout), (5, 60))
 

@@ -214,7 +214,8 @@ class SOCKS5ServerProtocol(Protocol):
         factory.counters.active -= 1
         factory.clientLeft(self.clientHost)
         factory.counters.record(session)
-        logSession(session, factory.clock.seconds())
+        if factory.logSessions:
+            logSession(session, factory.clock.seconds())
 
     # -- negotiation --------------------------------------------------------
 
@@ -703,6 +704,8 @@ class SOCKS5Factory(Factory):
         which its logins are refused unchecked for a while (see
         L{LoginThrottle}); 0 for never.
     @param loginLockout: seconds the first such lockout lasts.
+    @param logSessions: log one event per finished session (the counters
+        are kept either way).
 
     @ivar counters: totals for metrics (sessions, bytes, outcomes).
     @ivar loginThrottle: the failed-login bookkeeping.
@@ -735,6 +738,7 @@ class SOCKS5Factory(Factory):
         rules: IRuleSet | None = None,
         maxLoginFailures: int = 5,
         loginLockout: float = 60.0,
+        logSessions: bool = True,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -771,6 +775,7 @@ class SOCKS5Factory(Factory):
         self.maxConnectionsPerClient = maxConnectionsPerClient
         self.rules: IRuleSet = rules if rules is not None else RuleSet()
         self.loginThrottle = LoginThrottle(reactor, maxLoginFailures, loginLockout)
+        self.logSessions = logSessions
         self.counters = Counters()
         self._associations: dict[str, int] = {}
         self._userAssociations: dict[str, int] = {}
