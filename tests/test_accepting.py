@@ -677,13 +677,11 @@ def openIdle(proxy: tuple[str, int], timeout: float) -> socket.socket | None:
     """A client that only greets (one descriptor on the server), or L{None} if not answered."""
     sock = socket.socket()
     sock.settimeout(timeout)
-    try:
+    with contextlib.suppress(OSError, EOFError):
         sock.connect(proxy)
         sock.sendall(b"\x05\x01\x00")
         if recvExactly(sock, 2) == b"\x05\x00":
             return sock
-    except (OSError, EOFError):
-        pass
     sock.close()
     return None
 

@@ -33,6 +33,7 @@ otherwise the port keeps Twisted's default behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -108,18 +109,14 @@ def descriptorLimit() -> int | None:
 def _isPollBased(reactor: object) -> bool:
     """Whether C{reactor} waits with epoll or poll (which take any descriptor number)."""
     kinds: list[type] = []
-    try:
+    with contextlib.suppress(ImportError):  # Not Linux.
         from twisted.internet.epollreactor import EPollReactor
 
         kinds.append(EPollReactor)
-    except ImportError:  # pragma: no cover - not Linux
-        pass
-    try:
+    with contextlib.suppress(ImportError):  # No poll().
         from twisted.internet.pollreactor import PollReactor
 
         kinds.append(PollReactor)
-    except ImportError:  # pragma: no cover - no poll()
-        pass
     return isinstance(reactor, tuple(kinds))
 
 

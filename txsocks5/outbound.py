@@ -211,8 +211,5 @@ class _ResolvingWith:
         self._reactor = reactor
         self.nameResolver = resolver
 
-    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
-        raise NotImplementedError("a per-connection view of the reactor")
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
