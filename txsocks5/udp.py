@@ -288,13 +288,13 @@ class UDPRelay(DatagramProtocol):
         if not addresses:
             self.counters.drop("name did not resolve")
             return
+        first: str | None = addresses[0]
         if self._allowDestination is not None:
-            allowed = [ip for ip in addresses if self._allowed(name, ip, port)]
-            if not allowed:
-                self.counters.drop("denied by the rules")
-                return
-            addresses = allowed
-        self._sendTo(addresses[0], port, payload, name)
+            first = next((ip for ip in addresses if self._allowed(name, ip, port)), None)
+        if first is None:
+            self.counters.drop("denied by the rules")
+            return
+        self._sendTo(first, port, payload, name)
 
     # -- destination to client ----------------------------------------------
 
