@@ -127,6 +127,12 @@ class DestinationTests(SynchronousTestCase):
         spec = parseDestination("*.example.com:80")
         self.assertEqual((spec.pattern, spec.ports), ("*.example.com", (80, 80)))
 
+    def test_internationalNames(self) -> None:
+        """A pattern in Unicode matches the IDNA form clients send."""
+        spec = parseDestination(".bücher.example")
+        self.assertEqual(spec.pattern, ".xn--bcher-kva.example")
+        self.assertTrue(spec.matches(connect(name="www.xn--bcher-kva.example")))
+
     def test_mistakes(self) -> None:
         for text in ("", "a b", "10.0.0.0/8:70000", "host:2-1", "[::1", "[::1]x", "a..b", ".", "1.2.3.4.5/8"):
             with self.assertRaises(RuleError, msg=text):
@@ -205,6 +211,13 @@ class RuleLineTests(SynchronousTestCase):
         with self.assertRaises(RuleError) as caught:
             parseRulesFile("rules.conf", ["allow to any", "# fine", "deny to 10.1.0.0/8"])
         self.assertTrue(str(caught.exception).startswith("rules.conf:3: "), str(caught.exception))
+
+    def test_byteOrderMark(self) -> None:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8-sig") as f:
+            f.write("client allow from 127.0.0.1\r\ndeny to any\r\n")
+        clients, requests = parseRulesFile(path)
+        self.assertEqual((len(clients), len(requests)), (1, 1))
 
     def test_fileStages(self) -> None:
         clients, requests = parseRulesFile("r", ["client allow from 127.0.0.1", "deny to any", "client deny"])

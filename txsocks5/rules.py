@@ -255,6 +255,13 @@ def parseDestination(text: str) -> DestinationSpec:
     name = pattern[2:] if pattern.startswith("*.") else pattern.lstrip(".")
     if pattern.count(".") == len(pattern) or not _nameValid(name):
         raise RuleError(f"{text!r} is not an address, network or host name pattern")
+    if not name.isascii():
+        # Clients send international names as IDNA (xn--...): match them so.
+        try:
+            encoded = name.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise RuleError(f"{text!r} is not a valid international host name ({e})") from None
+        pattern = pattern[: len(pattern) - len(name)] + encoded
     return DestinationSpec(text, pattern=pattern, ports=ports)
 
 
@@ -515,7 +522,7 @@ def parseRulesFile(path: str, lines: Iterable[str] | None = None) -> tuple[list[
     @raise OSError: if the file cannot be read.
     """
     if lines is None:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # A byte order mark is not a rule.
             lines = f.read().splitlines()
     clientRules: list[Rule] = []
     requestRules: list[Rule] = []
