@@ -1110,6 +1110,39 @@ class BindRuleTests(RulesTestCase):
         self.assertEqual(second[0], 0)
         self.assertEqual((toPeer, toClient), (b"to peer", b"to client"))
 
+    async def test_bindPeerCheckedByRules(self) -> None:
+        """
+        BIND for any peer, with deny command bind to 127.0.0.2: a peer from
+        127.0.0.2 is refused (and logged), the wait goes on, and a peer from
+        127.0.0.1 becomes the tunnel's other end.
+        """
+        if not HAVE_OTHER_LOOPBACK4:
+            self.skipTest(SKIP_OTHER_LOOPBACK)
+        server = await self.startServer(rules=ruleSet(f"deny command bind to {OTHER_LOOPBACK4}"))
+
+        def run() -> tuple[Reply, bytes, Reply, bytes]:
+            client, first = bindRequest(server.address, "0.0.0.0", 0)
+            with client:
+                listening = (first[1], first[2])
+                with connectPeer(listening, (OTHER_LOOPBACK4, 0)) as refused:
+                    refused.settimeout(5)
+                    try:
+                        fromRefused = refused.recv(1)
+                    except ConnectionResetError:
+                        fromRefused = b""
+                with connectPeer(listening) as peer:
+                    second = readReply(client)
+                    peer.sendall(b"hello")
+                    return first, fromRefused, second, recvExactly(client, 5)
+
+        first, fromRefused, second, data = await deferToThread(run)
+        self.assertEqual(first[0], 0)
+        self.assertEqual(fromRefused, b"")
+        self.assertEqual((second[0], second[1]), (0, LOOPBACK4))
+        self.assertEqual(data, b"hello")
+        [denied] = self.logged("Denied BIND")
+        self.assertIn(OTHER_LOOPBACK4, denied)
+
     async def test_bindDeniedByDestinationRule(self) -> None:
         """deny command bind to 127.0.0.1: a BIND for a peer from 127.0.0.1 gets REP 0x02."""
         server = await self.startServer(rules=ruleSet("deny command bind to 127.0.0.1"))

@@ -5,7 +5,7 @@ accepts exactly one connection for a client, from the peer it expects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -71,6 +71,9 @@ class BindListener:
     @param expectedPort: the port it must come from, or C{None} for any.
     @param timeout: seconds to wait for the peer; then L{peer} fails with
         L{defer.TimeoutError}.
+    @param allowPeer: called with a connecting peer's address and port
+        (after the checks above); a peer it returns false for is refused
+        and the wait goes on.  (The server passes its access rules.)
 
     @ivar peer: fires with the connected peer's protocol (a
         L{TargetProtocol}), once.
@@ -83,8 +86,10 @@ class BindListener:
         expectedHosts: Sequence[str] = (),
         expectedPort: int | None = None,
         timeout: float | None = 120.0,
+        allowPeer: Callable[[str, int], bool] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._allowPeer = allowPeer
         self._expectedHosts = {wire.Address.fromHost(h, 0).host for h in expectedHosts}
         self._expectedPort = expectedPort
         self._timeout = timeout
@@ -132,6 +137,9 @@ class BindListener:
         ):
             self.refused += 1
             log.info("BIND refused a connection from unexpected peer {peer}", peer=addr)
+            return False
+        if self._allowPeer is not None and host is not None and not self._allowPeer(host, port or 0):
+            self.refused += 1  # The rules said why, in their own log line.
             return False
         return True
 

@@ -368,6 +368,12 @@ class SOCKS5ServerProtocol(Protocol):
             verdict = Verdict(False, "the rules could not decide")
         return self._allowed(verdict, access)
 
+    def _allowBindPeer(self, host: str, port: int) -> bool:
+        """Whether the rules let the peer at C{host}:C{port} be this BIND's connection."""
+        access = AccessRequest(self.clientHost, self.session.user, "bind", None, host, port)
+        verdict = self.factory.rules.checkRequest(access)
+        return verdict is not None and self._allowed(verdict, access)
+
     def _allowDatagram(self, name: str | None, ip: str | None, port: int) -> bool:
         """Whether the rules let this UDP association send to C{name}/C{ip} port C{port}."""
         access = AccessRequest(self.clientHost, self.session.user, "udp", name, ip, port)
@@ -417,6 +423,7 @@ class SOCKS5ServerProtocol(Protocol):
             expectedHosts=() if anyHost or check == PeerCheck.NONE else expectedHosts,
             expectedPort=port if check == PeerCheck.PORT and port else None,
             timeout=factory.bindTimeout,
+            allowPeer=self._allowBindPeer,
         )
         try:
             bound = listener.listen(interface, factory.bindPortRange)
