@@ -96,6 +96,22 @@ class _FastClient(tcp.Client):
 
     _connectStarted = False
 
+    def _finishInit(self, whenDone: Any, skt: Any, err: Any, reactor: Any) -> None:
+        if whenDone is None or self._requiresResolution or len(self.addr) != 2:
+            super()._finishInit(whenDone, skt, err, reactor)  # type: ignore[no-untyped-call]
+            return
+        # An IPv4 literal: start the attempt now rather than from a
+        # callLater(0).  Only an attempt still under way is begun here; one
+        # that ends at once (rare) is reported from the reactor, as Twisted
+        # does, once the connector has finished setting up.
+        self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
+        self.realAddress = self.addr
+        self.doWrite = self.doConnect  # type: ignore[method-assign]
+        self.doRead = self.doConnect  # type: ignore[method-assign]
+        result = self._startConnecting()
+        if result is not None:
+            reactor.callLater(0, self._finishConnecting, result)
+
     def resolveAddress(self) -> None:
         if self._requiresResolution:
             super().resolveAddress()  # type: ignore[no-untyped-call]
@@ -112,19 +128,29 @@ class _FastClient(tcp.Client):
             return
         if self._connectStarted:
             # Writable (or readable with an error): the attempt is over.
-            result = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        else:
-            try:
-                result = self.socket.connect_ex(self.realAddress)
-            except OSError as e:
-                result = e.args[0]
-            if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
-                self._connectStarted = True
-                # Reading too: a refused attempt reports EPOLLIN with its error.
-                self.reactor._addReaderAndWriter(self)  # type: ignore[attr-defined]
-                return
-            if result == errno.EISCONN:
-                result = 0
+            self._finishConnecting(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+            return
+        result = self._startConnecting()
+        if result is not None:
+            self._finishConnecting(result)
+
+    def _startConnecting(self) -> int | None:
+        """Call C{connect()}: C{None} while under way (then watched), else its result."""
+        self._connectStarted = True
+        try:
+            result = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+            # Reading too: a refused attempt reports EPOLLIN with its error.
+            self.reactor._addReaderAndWriter(self)  # type: ignore[attr-defined]
+            return None
+        return 0 if result == errno.EISCONN else int(result)
+
+    def _finishConnecting(self, result: int) -> None:
+        """The attempt ended with errno C{result} (0: connected)."""
+        if not hasattr(self, "connector"):
+            return  # Stopped meanwhile.
         if result:
             self.failIfNotConnected(error.getConnectError((result, strerror(result))))  # type: ignore[no-untyped-call]
             return
