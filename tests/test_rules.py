@@ -433,3 +433,9 @@ class RuleSetTests(SynchronousTestCase):
         verdict = rules.checkRequest(connect("127.0.0.1", 8080))
         assert verdict is not None
         self.assertTrue(verdict.allowed)
+
+    def test_onlyASCIIDigits(self) -> None:
+        """Digits of other scripts are not port numbers or prefix lengths (int() would refuse them)."""
+        for text in ("a.example:²", "10.0.0.0/²", "any:1-²"):
+            with self.assertRaises(RuleError, msg=text):
+                parseDestination(text)

@@ -165,6 +165,8 @@ class MakeServiceTests(SynchronousTestCase):
             (["--rules", path + ".missing"], "No such file"),
             (["--deny-destination", "10.0.0.1/8"], "did you mean 10.0.0.0/8"),
             (["--allow-client", "example.com"], "not an IP address or network"),
+            (["--port", "\u00b2"], "--port"),
+            (["--bind-port-range", "\u00b2-\u00b3"], "not a port range"),
         ):
             with self.assertRaises(UsageError) as caught:
                 parse(*args)

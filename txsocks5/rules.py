@@ -128,7 +128,7 @@ def parseNetwork(text: str) -> Network:
         raise RuleError(f"{text!r}: write IPv4-mapped addresses as IPv4 (they are matched as IPv4)")
     bits = 32 if key[0] == 4 else 128
     if slash:
-        if not prefixText.isdigit() or not 0 <= int(prefixText) <= bits:
+        if not (prefixText.isascii() and prefixText.isdigit()) or not 0 <= int(prefixText) <= bits:
             raise RuleError(f"{text!r}: the prefix length must be 0 to {bits}")
         prefix = int(prefixText)
     else:
@@ -215,7 +215,7 @@ def _parsePorts(text: str, spec: str) -> tuple[int, int]:
     low, dash, high = text.partition("-")
     if not dash:
         high = low
-    if not (low.isdigit() and high.isdigit()) or not 0 <= int(low) <= int(high) <= 65535:
+    if not (text.isascii() and low.isdigit() and high.isdigit()) or not 0 <= int(low) <= int(high) <= 65535:
         raise RuleError(f"{spec!r}: {text!r} is not a port or a range LOW-HIGH (0-65535)")
     return int(low), int(high)
 

@@ -58,7 +58,7 @@ def portDescription(port: str) -> str:
     else is an endpoint description as it is.  Stream types that take a
     C{backlog} get L{DEFAULT_BACKLOG} unless they name one.
     """
-    if port.isdigit():
+    if port.isascii() and port.isdigit():
         port = f"tcp:{int(port)}:interface={quoteStringArgument('127.0.0.1')}"
     kind = port.split(":", 1)[0]
     if kind in _BACKLOG_TYPES and "backlog=" not in port:
@@ -96,7 +96,13 @@ def _workerCount(value: str) -> int:
 
 def _portRange(value: str) -> tuple[int, int]:
     low, sep, high = value.partition("-")
-    if not sep or not low.isdigit() or not high.isdigit() or not 0 < int(low) <= int(high) <= 65535:
+    if (
+        not sep
+        or not value.isascii()
+        or not low.isdigit()
+        or not high.isdigit()
+        or not 0 < int(low) <= int(high) <= 65535
+    ):
         raise ValueError(f"not a port range LOW-HIGH: {value!r}")
     return int(low), int(high)
 
@@ -192,7 +198,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_inherited_port(self, value: str) -> None:
         """(Internal, for --workers) Serve on an inherited listening socket: FD:FAMILY."""
         fd, _, family = value.partition(":")
-        if not fd.isdigit() or not family.isdigit():
+        if not value.isascii() or not fd.isdigit() or not family.isdigit():
             raise usage.UsageError(f"--inherited-port {value}: expected FD:FAMILY")
         self["inherited"].append((int(fd), int(family)))
 
