@@ -102,6 +102,16 @@ class NetworkTests(SynchronousTestCase):
             with contextlib.suppress(RuleError):
                 parse(text)
 
+    @given(st.text(alphabet="0123456789abcxyz.:/-[]*, ²٣\u00e9", max_size=40))
+    def test_onlyRuleErrorsNearMisses(self, text: str) -> None:
+        """Text made of the characters rules use (and other scripts' digits) raises only L{RuleError}."""
+        for parse in (parseNetwork, parseDestination):
+            with contextlib.suppress(RuleError):
+                parse(text)
+        for line in (f"allow to {text}", f"deny from {text}", f"client allow from {text} log", text):
+            with contextlib.suppress(RuleError):
+                parseRuleLine(line, "f:1")
+
     def test_within(self) -> None:
         self.assertTrue(parseNetwork("169.254.169.254").within(parseNetwork("169.254.0.0/16")))
         self.assertFalse(parseNetwork("0.0.0.0/0").within(parseNetwork("169.254.0.0/16")))
