@@ -761,6 +761,28 @@ class BulkTransferTests(IntegrationTestCase):
         self.assertLess(time.monotonic() - started, 40)
 
 
+class NagleTests(IntegrationTestCase):
+    """A tunnel does not hold small writes back (TCP_NODELAY on both of its sockets)."""
+
+    async def test_noDelayBothSides(self) -> None:
+        """Once the tunnel is up, the server's client and target sockets have TCP_NODELAY set."""
+        server = await self.startServer()
+        _, port = await startEcho(self)
+        sock, reply = await deferToThread(socksConnect, server.address, LOOPBACK4, port)
+        self.addCleanup(sock.close)
+        self.assertEqual(reply[0], 0)
+        self.assertEqual(await deferToThread(echoRoundTrip, sock), b"ping through the tunnel")
+        tunnel = [
+            r
+            for r in reactor.getReaders()
+            if type(getattr(r, "protocol", None)).__name__ in ("SOCKS5ServerProtocol", "TargetProtocol")
+        ]
+        self.assertEqual(len(tunnel), 2)
+        for transport in tunnel:
+            handle = transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1, transport)
+
+
 class HalfCloseTests(IntegrationTestCase):
     """A FIN from either side is passed on as a half-close; the other direction keeps going."""
 

@@ -32,6 +32,14 @@ class RelayTests(SynchronousTestCase):
         self.assertIs(self.client.producer, self.target)
         self.assertTrue(self.client.streaming)
 
+    def test_noDelay(self) -> None:
+        """Nagle's algorithm is turned off on both sides (where the transport can)."""
+        noDelay: list[object] = []
+        self.client.setTcpNoDelay = lambda on: noDelay.append(("client", on))  # type: ignore[attr-defined]
+        self.target.setTcpNoDelay = lambda on: noDelay.append(("target", on))  # type: ignore[attr-defined]
+        self.start()
+        self.assertEqual(noDelay, [("client", True), ("target", True)])
+
     def test_readSize(self) -> None:
         """
         A side whose read fills Twisted's default read size reads
