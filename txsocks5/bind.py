@@ -94,7 +94,7 @@ class BindListener:
         self._expectedPort = expectedPort
         self._timeout = timeout
         self._timer: IDelayedCall | None = None
-        self.peer: Deferred[TargetProtocol] = Deferred(lambda d: self.close())
+        self.peer: Deferred[TargetProtocol] = Deferred(self._cancelled)
         self.port: IListeningPort | None = None
         self.refused = 0
 
@@ -116,14 +116,22 @@ class BindListener:
         bound = self.port.getHost()
         return wire.Address.fromHost(bound.host, bound.port)  # type: ignore[attr-defined]
 
-    def close(self) -> None:
-        """Stop listening and waiting (the accepted peer, if any, stays)."""
+    def close(self) -> Deferred[object] | None:
+        """
+        Stop listening and waiting (the accepted peer, if any, stays); a
+        Deferred that fires once the listening socket is closed, or C{None}
+        if it was closed already.
+        """
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
         port, self.port = self.port, None
-        if port is not None:
-            port.stopListening()
+        if port is None:
+            return None
+        return defer.maybeDeferred(port.stopListening)
+
+    def _cancelled(self, d: Deferred[TargetProtocol]) -> None:
+        self.close()
 
     def _admits(self, addr: IAddress | None) -> bool:
         if self.peer.called or self.port is None:
@@ -144,7 +152,20 @@ class BindListener:
         return True
 
     def _accepted(self, protocol: _PeerProtocol) -> None:
-        self.close()
+        # The peer is announced once the listening socket is really closed
+        # (Twisted closes it on the next reactor turn): a client that reads
+        # the second reply and tries the port again must find it refused.
+        closing = self.close()
+        if closing is None:
+            self._announce(protocol)
+        else:
+            closing.addBoth(lambda _: self._announce(protocol))
+
+    def _announce(self, protocol: _PeerProtocol) -> None:
+        if self.peer.called:  # The client went away meanwhile.
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            return
         self.peer.callback(protocol)
 
     def _timedOut(self) -> None:
