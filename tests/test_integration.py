@@ -761,11 +761,14 @@ class BulkTransferTests(IntegrationTestCase):
         self.assertLess(time.monotonic() - started, 40)
 
 
-class NagleTests(IntegrationTestCase):
-    """A tunnel does not hold small writes back (TCP_NODELAY on both of its sockets)."""
+class SocketOptionTests(IntegrationTestCase):
+    """
+    A tunnel does not hold small writes back (TCP_NODELAY on both of its
+    sockets) and notices vanished peers (SO_KEEPALIVE).
+    """
 
-    async def test_noDelayBothSides(self) -> None:
-        """Once the tunnel is up, the server's client and target sockets have TCP_NODELAY set."""
+    async def test_bothSides(self) -> None:
+        """Once the tunnel is up, the server's client and target sockets have both options set."""
         server = await self.startServer()
         _, port = await startEcho(self)
         sock, reply = await deferToThread(socksConnect, server.address, LOOPBACK4, port)
@@ -781,6 +784,7 @@ class NagleTests(IntegrationTestCase):
         for transport in tunnel:
             handle = transport.getHandle()
             self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1, transport)
+            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1, transport)
 
 
 class HalfCloseTests(IntegrationTestCase):

@@ -32,13 +32,22 @@ class RelayTests(SynchronousTestCase):
         self.assertIs(self.client.producer, self.target)
         self.assertTrue(self.client.streaming)
 
-    def test_noDelay(self) -> None:
-        """Nagle's algorithm is turned off on both sides (where the transport can)."""
-        noDelay: list[object] = []
-        self.client.setTcpNoDelay = lambda on: noDelay.append(("client", on))  # type: ignore[attr-defined]
-        self.target.setTcpNoDelay = lambda on: noDelay.append(("target", on))  # type: ignore[attr-defined]
+    def test_socketOptions(self) -> None:
+        """Nagle off and keepalive on, on both sides (where the transport can)."""
+        options: list[object] = []
+        for name, transport in (("client", self.client), ("target", self.target)):
+            for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+                setattr(transport, option, lambda on, n=name, o=option: options.append((n, o, on)))
         self.start()
-        self.assertEqual(noDelay, [("client", True), ("target", True)])
+        self.assertEqual(
+            options,
+            [
+                ("client", "setTcpNoDelay", True),
+                ("client", "setTcpKeepAlive", True),
+                ("target", "setTcpNoDelay", True),
+                ("target", "setTcpKeepAlive", True),
+            ],
+        )
 
     def test_readSize(self) -> None:
         """

@@ -54,18 +54,24 @@ def _readMore(transport: ITransport) -> None:
         transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
 
 
-def _noDelay(transport: ITransport) -> None:
+def _tuneSocket(transport: ITransport) -> None:
     """
-    Turn Nagle's algorithm off on C{transport} (TCP_NODELAY): a relay passes
-    on what it reads at once.  With Nagle on, a small write that follows
-    another not yet acknowledged waits for the acknowledgement, which a peer
-    waiting for more data delays by up to 40 ms (delayed ACK): a stall per
-    request that the endpoints themselves had avoided.
+    Set a tunnel's TCP options on C{transport}, as Dante does:
+
+      - TCP_NODELAY (Nagle's algorithm off): a relay passes on what it reads
+        at once.  With Nagle on, a small write that follows another not yet
+        acknowledged waits for the acknowledgement, which a peer waiting for
+        more data delays by up to 40 ms (delayed ACK): a stall per request
+        that the endpoints themselves had avoided.
+      - SO_KEEPALIVE: a peer that vanished (power loss, a NAT that forgot
+        the flow) is noticed by the kernel (after about two hours with
+        Linux's defaults) instead of holding the tunnel open for ever.
     """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        with suppress(OSError):  # Not TCP after all (a UNIX socket).
-            setTcpNoDelay(True)
+    for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+        setOption = getattr(transport, option, None)
+        if setOption is not None:
+            with suppress(OSError):  # Not TCP after all (a UNIX socket).
+                setOption(True)
 
 
 def _shutdownWrite(transport: ITransport) -> None:
@@ -133,8 +139,8 @@ class TCPRelay:
             delivered to the target first.
         @param clientEnded: whether the client has already sent its FIN.
         """
-        _noDelay(self.client)
-        _noDelay(self.target)
+        _tuneSocket(self.client)
+        _tuneSocket(self.target)
         self.target.registerProducer(self.client, True)  # type: ignore[attr-defined]
         self.client.registerProducer(self.target, True)  # type: ignore[attr-defined]
         self._clientProduces = self._targetProduces = True
