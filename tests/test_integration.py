@@ -1169,3 +1169,61 @@ class TwistdTests(IntegrationTestCase):
         finally:
             sock.close()
         await target.done
+
+
+def selfSignedPEM(path: Path) -> None:
+    """Write a private key and a self-signed certificate for localhost to C{path}."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        + certificate.public_bytes(serialization.Encoding.PEM)
+    )
+
+
+class TLSListenerTests(IntegrationTestCase):
+    """C{--port ssl:...}: SOCKS5 inside TLS, as the README shows it."""
+
+    async def test_connectOverTLS(self) -> None:
+        """A TLS client negotiates SOCKS5 and relays through twistd's ssl: port."""
+        import ssl
+
+        pem = Path(self.mktemp()).resolve()
+        pem.parent.mkdir(parents=True, exist_ok=True)
+        selfSignedPEM(pem)
+        child = await startTwistd(self, "--port", f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+        proxy = (LOOPBACK4, await child.listening)
+        _, port = await startEcho(self)
+
+        def client() -> tuple[bytes, bytes]:
+            context = ssl.create_default_context(cafile=str(pem))
+            context.check_hostname = False
+            with context.wrap_socket(connectTo(proxy)) as sock:
+                sock.sendall(b"\x05\x01\x00")
+                method = recvExactly(sock, 2)
+                sock.sendall(encodeRequest(LOOPBACK4, port))
+                assert readReply(sock)[0] == 0
+                return method, echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), (b"\x05\x00", b"ping through the tunnel"))
+        await waitFor(lambda: b"session succeeded" in child.output, what="the session line")
