@@ -801,6 +801,12 @@ async def runProcess(
     return out, err, code
 
 
+async def runCurl(*args: str) -> tuple[bytes, bytes, int]:
+    """Run curl with C{args} (no config file, no proxy from the environment, 15 s at most)."""
+    assert CURL is not None
+    return await runProcess([CURL, "-q", "-sS", "--max-time", "15", *args], timeout=25)
+
+
 def twistdCommand(*args: str) -> list[str]:
     """The command line running C{twistd} with this Python."""
     script = Path(sys.executable).parent / "twistd"

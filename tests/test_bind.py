@@ -54,26 +54,31 @@ class BindListenerTests(SynchronousTestCase):
         [(port, _, backlog, interface)] = self.reactor.tcpServers
         self.assertEqual((port, backlog, interface), (0, 1, "127.0.0.1"))
 
-    def test_peerAnnouncedOnceClosed(self) -> None:
-        """The peer is announced only once the listening socket is closed."""
+    def acceptWhileClosingSlowly(
+        self,
+    ) -> tuple[BindListener, defer.Deferred[None], tuple[Any, HalfCloseableStringTransport]]:
+        """
+        A listener whose port closes only when the returned Deferred is
+        fired, and the peer it has just accepted.
+        """
         listener = self.listen()
         closing: defer.Deferred[None] = defer.Deferred()
         assert listener.port is not None
         self.patch(listener.port, "stopListening", lambda: closing)
         connected = connectPeer(self.factory(), "127.0.0.1")
         assert connected is not None
+        return listener, closing, connected
+
+    def test_peerAnnouncedOnceClosed(self) -> None:
+        """The peer is announced only once the listening socket is closed."""
+        listener, closing, connected = self.acceptWhileClosingSlowly()
         self.assertFalse(listener.peer.called)
         closing.callback(None)
         self.assertIs(self.successResultOf(listener.peer), connected[0])
 
     def test_clientGoneBeforeClosed(self) -> None:
         """A peer accepted while the client leaves is cut once the listener has closed."""
-        listener = self.listen()
-        closing: defer.Deferred[None] = defer.Deferred()
-        assert listener.port is not None
-        self.patch(listener.port, "stopListening", lambda: closing)
-        connected = connectPeer(self.factory(), "127.0.0.1")
-        assert connected is not None
+        listener, closing, connected = self.acceptWhileClosingSlowly()
         listener.peer.cancel()
         self.failureResultOf(listener.peer, defer.CancelledError)
         closing.callback(None)

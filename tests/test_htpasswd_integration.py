@@ -19,8 +19,6 @@ from python_socks import ProxyError, ProxyType
 from python_socks.sync import Proxy
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
-from twisted.web.server import Site
-from twisted.web.static import Data
 
 from tests.support import (
     CURL,
@@ -34,6 +32,7 @@ from tests.support import (
     listenTCP,
     recvExactly,
     recvUntilClosed,
+    runCurl,
     runProcess,
     socksConnect,
     startTarget,
@@ -41,10 +40,10 @@ from tests.support import (
     twistdCommand,
     waitFor,
 )
+from tests.test_integration import BODY, httpSite
 from txsocks5.auth import UsernamePasswordAuthentication
 from txsocks5.htpasswd import HtpasswdChecker
 
-BODY = b"fetched through txsocks5 with an htpasswd login\n"
 HTPASSWD = shutil.which("htpasswd")
 
 #: What a server sends to a username/password greeting and an accepted login.
@@ -139,27 +138,8 @@ class HtpasswdServerTests(IntegrationTestCase):
         self.assertEqual(len(server.outbound.attempts), 1)
 
     async def curl(self, server: Server, user: str) -> tuple[bytes, bytes, int]:
-        assert CURL is not None
-        resource = Data(BODY, "text/plain")
-        resource.isLeaf = True
-        site = Site(resource)
-        site.noisy = False
-        port = (await listenTCP(self, site)).getHost().port  # type: ignore[attr-defined]
-        return await runProcess(
-            [
-                CURL,
-                "-q",
-                "-sS",
-                "--max-time",
-                "15",
-                "--socks5",
-                server.url,
-                "--proxy-user",
-                user,
-                f"http://127.0.0.1:{port}/",
-            ],
-            timeout=25,
-        )
+        port = (await listenTCP(self, httpSite())).getHost().port  # type: ignore[attr-defined]
+        return await runCurl("--socks5", server.url, "--proxy-user", user, f"http://127.0.0.1:{port}/")
 
     async def test_curl(self) -> None:
         """curl --socks5 --proxy-user alice:secret fetches through the proxy."""

@@ -57,6 +57,7 @@ from tests.support import (
     readReply,
     recvExactly,
     recvUntilClosed,
+    runCurl,
     runProcess,
     sleep,
     socksConnect,
@@ -191,13 +192,8 @@ class CurlTests(IntegrationTestCase):
         """A static HTTP resource on 127.0.0.1 and ::1, same port."""
         return await listenDualStack(self, httpSite())
 
-    async def curl(self, *args: str) -> tuple[bytes, bytes, int]:
-        """Run curl (no config file, no proxy from the environment)."""
-        assert CURL is not None
-        return await runProcess([CURL, "-q", "-sS", "--max-time", "15", *args], timeout=25)
-
     async def assertFetched(self, server: Server, option: str, url: str, *extra: str) -> None:
-        out, err, code = await self.curl(option, server.url, *extra, url)
+        out, err, code = await runCurl(option, server.url, *extra, url)
         self.assertEqual((code, out), (0, BODY), f"curl failed: {err!r}")
 
     async def test_socks5IPv4Literal(self) -> None:
@@ -251,7 +247,7 @@ class CurlTests(IntegrationTestCase):
         """A name the server cannot resolve: curl fails, nothing is fetched."""
         server = await self.startServer()
         port = await self.httpTarget()
-        out, err, code = await self.curl("--socks5-hostname", server.url, f"http://nowhere.test:{port}/")
+        out, err, code = await runCurl("--socks5-hostname", server.url, f"http://nowhere.test:{port}/")
         self.assertNotEqual(code, 0)
         self.assertEqual(out, b"")
         self.assertEqual(server.resolver.lookups, ["nowhere.test"])
@@ -268,7 +264,7 @@ class CurlTests(IntegrationTestCase):
         """A wrong password against memory: is refused; curl fails."""
         server = await startAuthServer(self, memoryChecker())
         port = await self.httpTarget()
-        out, err, code = await self.curl(
+        out, err, code = await runCurl(
             "--socks5", server.url, "--proxy-user", "alice:wrong", f"http://127.0.0.1:{port}/"
         )
         self.assertNotEqual(code, 0)
@@ -287,7 +283,7 @@ class CurlTests(IntegrationTestCase):
         """A wrong password against file: is refused; curl fails."""
         server = await startAuthServer(self, fileChecker(self))
         port = await self.httpTarget()
-        out, err, code = await self.curl(
+        out, err, code = await runCurl(
             "--socks5", server.url, "--proxy-user", "alice:wrong", f"http://127.0.0.1:{port}/"
         )
         self.assertNotEqual(code, 0)
@@ -298,7 +294,7 @@ class CurlTests(IntegrationTestCase):
         """curl without --proxy-user offers only no-auth: refused with 05 FF."""
         server = await startAuthServer(self, memoryChecker())
         port = await self.httpTarget()
-        out, err, code = await self.curl("--socks5", server.url, f"http://127.0.0.1:{port}/")
+        out, err, code = await runCurl("--socks5", server.url, f"http://127.0.0.1:{port}/")
         self.assertNotEqual(code, 0)
         self.assertEqual(out, b"")
 
@@ -1070,6 +1066,21 @@ class TwistdTests(IntegrationTestCase):
 
         self.assertEqual(await deferToThread(client), b"ping through the tunnel")
 
+    async def test_noSessionLog(self) -> None:
+        """--no-session-log: tunnels work, and no session line is logged."""
+        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", "--no-session-log")
+        proxy = (LOOPBACK4, await child.listening)
+        _, port = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(proxy, LOOPBACK4, port)
+            with sock:
+                return echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        await sleep(0.3)  # Time for a session line, if one were coming.
+        self.assertNotIn(b"session ", bytes(child.output))
+
     async def test_curlThroughTwistdThenSIGTERM(self) -> None:
         """curl through a twistd child; then SIGTERM makes it exit."""
         if CURL is None:
@@ -1077,19 +1088,7 @@ class TwistdTests(IntegrationTestCase):
         child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1")
         port = await child.listening
         targetPort = await listenDualStack(self, httpSite())
-        out, err, code = await runProcess(
-            [
-                CURL,
-                "-q",
-                "-sS",
-                "--max-time",
-                "15",
-                "--socks5",
-                f"127.0.0.1:{port}",
-                f"http://127.0.0.1:{targetPort}/",
-            ],
-            timeout=25,
-        )
+        out, err, code = await runCurl("--socks5", f"127.0.0.1:{port}", f"http://127.0.0.1:{targetPort}/")
         self.assertEqual((code, out), (0, BODY), err)
         child.transport.signalProcess("TERM")  # type: ignore[union-attr]
         [reason] = await child.ended.addTimeout(15, reactor)

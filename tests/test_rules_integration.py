@@ -41,7 +41,6 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from zope.interface import implementer
 
 from tests.support import (
-    CURL,
     DEFAULT_HOSTS,
     LOOPBACK4,
     LOOPBACK6,
@@ -66,6 +65,7 @@ from tests.support import (
     readReply,
     recvExactly,
     recvUntilClosed,
+    runCurl,
     runProcess,
     sleep,
     startTarget,
@@ -1609,11 +1609,6 @@ class CurlRuleTests(RulesTestCase):
 
     skip = SKIP_CURL
 
-    async def curl(self, *args: str) -> tuple[bytes, bytes, int]:
-        """Run curl (no config file, no proxy from the environment)."""
-        assert CURL is not None
-        return await runProcess([CURL, "-q", "-sS", "--max-time", "15", *args], timeout=25)
-
     async def test_socks5HostnameDeniedAndAllowed(self) -> None:
         """
         --socks5-hostname: a name the server resolves to 169.254.169.254 is
@@ -1622,17 +1617,17 @@ class CurlRuleTests(RulesTestCase):
         """
         server = await self.startServer()
         port = await listenDualStack(self, httpSite())
-        out, err, code = await self.curl("--socks5-hostname", server.url, f"http://metadata.test:{port}/")
+        out, err, code = await runCurl("--socks5-hostname", server.url, f"http://metadata.test:{port}/")
         self.assertEqual((code, out), (97, b""), err)
         self.assertIn(b"(2)", err)  # curl 7.88 names the REP code
         self.assertEqual(server.connecting.tcpAttempts, [])
-        out, err, code = await self.curl("--socks5-hostname", server.url, f"http://target4.test:{port}/")
+        out, err, code = await runCurl("--socks5-hostname", server.url, f"http://target4.test:{port}/")
         self.assertEqual((code, out), (0, BODY), err)
 
     async def test_socks5LiteralDenied(self) -> None:
         """--socks5 to http://169.254.169.254/: curl exits 97, the server asked its outbound for nothing."""
         server = await self.startServer()
-        out, err, code = await self.curl("--socks5", server.url, f"http://{METADATA}/latest/meta-data/")
+        out, err, code = await runCurl("--socks5", server.url, f"http://{METADATA}/latest/meta-data/")
         self.assertEqual((code, out), (97, b""), err)
         self.assertEqual(server.outbound.attempts, [])
 
@@ -1647,7 +1642,7 @@ class CurlRuleTests(RulesTestCase):
             self, "--port", "tcp:0:interface=127.0.0.1", "--deny-destination", f"127.0.0.1:{denied}"
         )
         proxy = f"127.0.0.1:{await child.listening}"
-        out, err, code = await self.curl("--socks5", proxy, f"http://127.0.0.1:{denied}/")
+        out, err, code = await runCurl("--socks5", proxy, f"http://127.0.0.1:{denied}/")
         self.assertEqual((code, out), (97, b""), err)
-        out, err, code = await self.curl("--socks5", proxy, f"http://127.0.0.1:{allowed}/")
+        out, err, code = await runCurl("--socks5", proxy, f"http://127.0.0.1:{allowed}/")
         self.assertEqual((code, out), (0, BODY), err)

@@ -44,6 +44,8 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.logger import Logger
 
+from txsocks5.ports import describeAddress
+
 try:
     import resource
 except ImportError:  # pragma: no cover - not POSIX
@@ -206,13 +208,7 @@ def _describe(port: object) -> str:
         address = port.getHost()  # type: ignore[attr-defined]
     except Exception:
         return repr(port)
-    host, number = getattr(address, "host", None), getattr(address, "port", None)
-    if isinstance(host, str) and isinstance(number, int):
-        return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
-    name = getattr(address, "name", None)
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "replace")
-    return str(name if name is not None else address)
+    return describeAddress(address)
 
 
 class AcceptGuard:

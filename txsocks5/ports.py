@@ -16,9 +16,26 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IHostnameResolver, IReactorTime, IResolutionReceiver
 from zope.interface import implementer
 
-__all__ = ["listenInRange", "localAddressFacing", "resolveName"]
+from txsocks5 import wire
+
+__all__ = ["describeAddress", "listenInRange", "localAddressFacing", "resolveName"]
 
 P = TypeVar("P")
+
+
+def describeAddress(address: IAddress) -> str:
+    """
+    A client, server or listening address as C{host:port} (C{[v6]:port}),
+    with IPv4-mapped IPv6 shown as plain IPv4; a UNIX socket as its path.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return str(wire.Address.fromHost(host, port))
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    return str(name or address)
 
 
 def listenInRange(

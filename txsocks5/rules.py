@@ -327,10 +327,6 @@ class Rule:
             for d in self.destinations
         )
 
-    def describe(self) -> str:
-        """The rule, as a short text for logs."""
-        return self.source
-
 
 @dataclass(frozen=True)
 class Protection:

@@ -45,11 +45,10 @@ from txsocks5.interfaces import (
     IAuthNegotiation,
     IOutbound,
     IRuleSet,
-    Verdict,
 )
 from txsocks5.limits import LoginThrottle, LogThrottle, ThrottledCheckers
 from txsocks5.outbound import DirectOutbound, replyForFailure
-from txsocks5.ports import localAddressFacing, resolveName
+from txsocks5.ports import describeAddress, localAddressFacing, resolveName
 from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
 from txsocks5.rules import RuleSet
 from txsocks5.udp import UDPRelay, listenUDPRelay
@@ -92,18 +91,6 @@ def clientHost(address: IAddress | None) -> str | None:
     if not isinstance(host, str):
         return None
     return wire.Address.fromHost(host, 0).host
-
-
-def describeAddress(address: IAddress) -> str:
-    """
-    A client or server address as C{host:port} (C{[v6]:port}), with
-    IPv4-mapped IPv6 shown as plain IPv4.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if isinstance(host, str) and isinstance(port, int):
-        return str(wire.Address.fromHost(host, port))
-    return str(getattr(address, "name", None) or address)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -325,8 +312,7 @@ class SOCKS5ServerProtocol(Protocol):
                 port=address.port,
             )
         self._access = access
-        verdict = self.factory.rules.checkRequest(access)
-        if verdict is not None and not self._allowed(verdict, access):
+        if not self._check(access, undecided=True):  # Undecided: each address is checked later.
             self._replyError(wire.Reply.NOT_ALLOWED)
             return False
         if command == "connect":
@@ -345,8 +331,14 @@ class SOCKS5ServerProtocol(Protocol):
             self._associate(address)
         return False
 
-    def _allowed(self, verdict: Verdict, access: AccessRequest) -> bool:
-        """Whether C{verdict} allows; log it if it denies or its rule asks to."""
+    def _check(self, access: AccessRequest, undecided: bool) -> bool:
+        """
+        Whether the rules allow C{access} (C{undecided} if they cannot tell
+        yet); a denial is logged, and so is an allow whose rule asks to be.
+        """
+        verdict = self.factory.rules.checkRequest(access)
+        if verdict is None:
+            return undecided
         if not verdict.allowed or verdict.log:
             log.info(
                 "{verdict} {command} {destination} for {client}{user}: {reason}",
@@ -362,25 +354,17 @@ class SOCKS5ServerProtocol(Protocol):
     def _allowAddress(self, ip: str) -> bool:
         """Whether the rules let this request reach C{ip}, one of its name's addresses."""
         assert self._access is not None
-        access = replace(self._access, address=ip)
-        verdict = self.factory.rules.checkRequest(access)
-        if verdict is None:
-            verdict = Verdict(False, "the rules could not decide")
-        return self._allowed(verdict, access)
+        return self._check(replace(self._access, address=ip), undecided=False)
 
     def _allowBindPeer(self, host: str, port: int) -> bool:
         """Whether the rules let the peer at C{host}:C{port} be this BIND's connection."""
         access = AccessRequest(self.clientHost, self.session.user, "bind", None, host, port)
-        verdict = self.factory.rules.checkRequest(access)
-        return verdict is not None and self._allowed(verdict, access)
+        return self._check(access, undecided=False)
 
     def _allowDatagram(self, name: str | None, ip: str | None, port: int) -> bool:
         """Whether the rules let this UDP association send to C{name}/C{ip} port C{port}."""
         access = AccessRequest(self.clientHost, self.session.user, "udp", name, ip, port)
-        verdict = self.factory.rules.checkRequest(access)
-        if verdict is None:
-            return ip is None  # Decided once the name is resolved.
-        return self._allowed(verdict, access)
+        return self._check(access, undecided=ip is None)  # A name: decided once resolved.
 
     def _bind(self, expected: wire.Address) -> None:
         """
@@ -452,12 +436,11 @@ class SOCKS5ServerProtocol(Protocol):
         factory = self.factory
         transport = self.transport
         assert transport is not None
-        peer = transport.getPeer()
-        local = transport.getHost()
-        if not isinstance(getattr(peer, "host", None), str):
+        clientHost = self.clientHost
+        if clientHost is None:
             self._replyError(wire.Reply.COMMAND_NOT_SUPPORTED)  # e.g. a UNIX socket client
             return
-        clientHost = wire.Address.fromHost(peer.host, 0).host  # type: ignore[attr-defined]
+        local = transport.getHost()
         localHost = wire.Address.fromHost(local.host, 0).host  # type: ignore[attr-defined]
         refusal = factory.admitAssociation(clientHost, self.session.user)
         if refusal is not None:

@@ -216,7 +216,7 @@ class UDPRelay(DatagramProtocol):
         if ip.startswith("::ffff:"):
             # IPv4-mapped: send (and so match answers) as the IPv4 address it is.
             ip = wire.Address.fromHost(ip, port).host
-        if self._allowDestination is not None and not self._allowed(name, ip, port):
+        if not self._allowed(name, ip, port):
             self.counters.drop("denied by the rules")
             return
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -251,7 +251,7 @@ class UDPRelay(DatagramProtocol):
         return port
 
     def _sendToName(self, name: str, port: int, payload: bytes) -> None:
-        if self._allowDestination is not None and not self._allowed(name, None, port):
+        if not self._allowed(name, None, port):
             self.counters.drop("denied by the rules")
             return
         cached = self._names.get(name)
@@ -288,9 +288,7 @@ class UDPRelay(DatagramProtocol):
         if not addresses:
             self.counters.drop("name did not resolve")
             return
-        first: str | None = addresses[0]
-        if self._allowDestination is not None:
-            first = next((ip for ip in addresses if self._allowed(name, ip, port)), None)
+        first = next((ip for ip in addresses if self._allowed(name, ip, port)), None)
         if first is None:
             self.counters.drop("denied by the rules")
             return
