@@ -5,13 +5,9 @@ both they and the public paths they replace carry data right.
 
 from __future__ import annotations
 
-import errno
 import socket
-from typing import Any
 
-from twisted.internet import reactor, tcp
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -20,7 +16,6 @@ from tests import test_integration as integration
 from tests.support import IntegrationTestCase, needsIPv6, socksConnect, startTwistd
 from tests.test_integration import echoRoundTrip, startEcho
 from txsocks5 import _fastpath
-from txsocks5.relay import TargetFactory, TargetProtocol
 
 
 class AvailabilityTests(SynchronousTestCase):
@@ -74,7 +69,7 @@ class FastConnectTests(IntegrationTestCase):
     """CONNECT outcomes through twistd on the fast reactor (its own connect path)."""
 
     async def startProxy(self) -> tuple[str, int]:
-        if not (_fastpath.fastReactorAvailable() and _fastpath._fastConnectAvailable):
+        if not (_fastpath.fastReactorAvailable() and _fastpath._leanPortAvailable):
             raise SkipTest("the fast connect path is not used with this Twisted")
         child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1")
         return ("127.0.0.1", await child.listening)
@@ -153,49 +148,3 @@ class PublicWritePathHalfCloseTests(integration.HalfCloseTests):
     def setUp(self) -> None:
         self.patch(_fastpath, "_directWritesAvailable", False)
         super().setUp()
-
-
-class FastClientTests(IntegrationTestCase):
-    """
-    L{_fastpath._FastConnector} on the test reactor (an epoll reactor too,
-    lent the one method of L{FastEPollReactor} it needs).
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        if not _fastpath._fastConnectAvailable or not hasattr(reactor, "_poller"):
-            raise SkipTest("needs an epoll reactor and the tested Twisted")
-
-        def addReaderAndWriter(selectable: object) -> None:
-            reactor.addReader(selectable)  # type: ignore[attr-defined]
-            reactor.addWriter(selectable)  # type: ignore[attr-defined]
-
-        reactor._addReaderAndWriter = addReaderAndWriter  # type: ignore[attr-defined]
-        self.addCleanup(delattr, reactor, "_addReaderAndWriter")
-
-    def connect(self, port: int) -> Deferred[object]:
-        factory = TargetFactory()
-        connector = _fastpath._FastConnector("127.0.0.1", port, factory, 5, None, reactor)
-        connector.connect()
-        return factory.whenConnected()
-
-    async def test_connects(self) -> None:
-        _, port = await startEcho(self)
-        protocol: Any = await self.connect(port)
-        self.assertIsInstance(protocol, TargetProtocol)
-        protocol.transport.loseConnection()
-
-    async def test_refused(self) -> None:
-        with socket.socket() as unused:
-            unused.bind(("127.0.0.1", 0))
-            closedPort = unused.getsockname()[1]
-        with self.assertRaises(ConnectionRefusedError):
-            await self.connect(closedPort)
-
-    async def test_endsAtOnce(self) -> None:
-        """An attempt that ends inside connect() is reported from the reactor, not from connect()."""
-        self.patch(_fastpath._FastClient, "_startConnecting", lambda self: errno.ECONNREFUSED)
-        d = self.connect(9)
-        self.assertFalse(d.called)
-        with self.assertRaises(ConnectionRefusedError):
-            await d
