@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
+from contextlib import suppress
 from os import strerror
 from typing import Any
 
@@ -58,6 +60,9 @@ _log = Logger()
 _DONE = Failure(main.CONNECTION_DONE)
 #: What an aborted connection reports.
 _ABORTED = Failure(error.ConnectionAborted())
+
+#: SO_LINGER on with a zero timeout: close() resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR)
@@ -208,6 +213,10 @@ class LeanConnection:
         self._pending = []
         self._pendingSize = 0
         if skt is not None:
+            if self._aborting:
+                # Reset the connection (RST) instead of ending it in order.
+                with suppress(OSError):
+                    skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             skt.close()
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
@@ -241,7 +250,7 @@ class LeanConnection:
     # ITransport
     def write(self, data: bytes) -> None:
         """Send C{data}: at once if nothing waits, else after what does."""
-        if not self.connected or self._writeEnded or not data:
+        if not self.connected or self._writeEnded or self._aborting or not data:
             return
         if not self._pendingSize:
             try:
@@ -277,7 +286,7 @@ class LeanConnection:
         As with Twisted's transports, the protocol hears of it later, not
         from inside this call, unless the FIN was already sent.
         """
-        if not self.connected or self.disconnecting:
+        if not self.connected or self.disconnecting or self._aborting:
             return
         self.disconnecting = True
         self.stopReading()
@@ -297,7 +306,7 @@ class LeanConnection:
 
     def loseWriteConnection(self) -> None:
         """Send a FIN once what is buffered is sent."""
-        if not self.connected or self._writeEnding:
+        if not self.connected or self._writeEnding or self._aborting:
             return
         self._writeEnding = True
         if self._pendingSize:
@@ -326,6 +335,8 @@ class LeanConnection:
         self._aborting = True
         self.stopReading()
         self.stopWriting()
+        self._pending = []
+        self._pendingSize = 0
         self.reactor.callLater(0, self.connectionLost, _ABORTED)
 
     def getPeer(self) -> address.IPv4Address | address.IPv6Address:
@@ -378,7 +389,7 @@ class LeanConnection:
     def unregisterProducer(self) -> None:
         """Forget the producer; a pending C{loseConnection} may now finish."""
         self.producer = None
-        if self.connected and self.disconnecting:
+        if self.connected and self.disconnecting and not self._aborting:
             self.startWriting()
 
     # IPushProducer: the reading side.
@@ -468,10 +479,6 @@ class LeanClient(LeanConnection):
         self.stopWriting()  # Reading stays watched.
         protocol = connector._made()
         if protocol is None:
-            self._reading = False
-            self.reactor.removeReader(self)
-            self.socket.close()  # type: ignore[union-attr]
-            self.socket = None
             connector._failed(error.ConnectError(string="the factory made no protocol"))
             return
         self.connected = True
@@ -516,6 +523,7 @@ class LeanConnector:
         self.state = "disconnected"
         self.transport: LeanClient | None = None
         self._timeoutCall: Any = None
+        self._factoryStarted = False
         self._destination: address.IPv4Address | address.IPv6Address | None = None
 
     def connect(self) -> None:
@@ -523,7 +531,9 @@ class LeanConnector:
         if self.state != "disconnected":
             raise RuntimeError("can't connect in this state")
         self.state = "connecting"
-        self.factory.doStart()
+        if not self._factoryStarted:
+            self.factory.doStart()
+            self._factoryStarted = True
         self.factory.startedConnecting(self)
         if self.state != "connecting":
             return  # Stopped from startedConnecting.
@@ -556,8 +566,10 @@ class LeanConnector:
             self.reactor.callLater(0, self._failed, error.getConnectError((result, strerror(result))))
 
     def _connectedAtOnce(self) -> None:
-        if self.state == "connecting" and self.transport is not None:
-            self.transport._connectionMade()
+        transport = self.transport
+        if self.state == "connecting" and transport is not None:
+            transport.startReading()
+            transport._connectionMade()
 
     def _timedOut(self) -> None:
         self._timeoutCall = None
@@ -582,23 +594,30 @@ class LeanConnector:
         self._stopAttempt()
         self.state = "disconnected"
         self.factory.clientConnectionFailed(self, Failure(reason))
-        if self.state == "disconnected":
-            self.factory.doStop()
+        self._stopFactory()
 
     def _made(self) -> IProtocol | None:
-        """The attempt succeeded: the protocol for the connection."""
+        """The attempt succeeded: the protocol for the connection, if the factory makes one."""
+        protocol: IProtocol | None = self.factory.buildProtocol(self.getDestination())
+        if protocol is None:
+            return None  # Still "connecting": the caller fails the attempt.
         call, self._timeoutCall = self._timeoutCall, None
         if call is not None and call.active():
             call.cancel()
         self.state = "connected"
-        return self.factory.buildProtocol(self.getDestination())  # type: ignore[no-any-return]
+        return protocol
 
     def _lost(self, reason: Failure) -> None:
         """The connection made was lost."""
         self.state = "disconnected"
         self.transport = None
         self.factory.clientConnectionLost(self, reason)
-        if self.state == "disconnected":
+        self._stopFactory()
+
+    def _stopFactory(self) -> None:
+        """Balance C{doStart}, unless the factory connects again."""
+        if self.state == "disconnected" and self._factoryStarted:
+            self._factoryStarted = False
             self.factory.doStop()
 
     # IConnector
