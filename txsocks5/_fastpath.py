@@ -37,7 +37,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
-from txsocks5._leantcp import LeanConnector, LeanServer
+from txsocks5._leantcp import LeanConnector, TunedLeanServer, tuneListeningSocket
 
 __all__ = [
     "FastEPollReactor",
@@ -88,9 +88,19 @@ _leanPortAvailable = (
 
 
 class _LeanPort(tcp.Port):
-    """A TCP listening port whose accepted connections are L{LeanServer}s."""
+    """
+    A TCP listening port whose accepted connections are lean transports,
+    with TCP_NODELAY and SO_KEEPALIVE on from the start (as every tunnel
+    wants them).
+    """
 
-    transport = LeanServer  # type: ignore[assignment]
+    transport = TunedLeanServer  # type: ignore[assignment]
+
+    def createInternetSocket(self) -> Any:
+        """The listening socket, tuned to pass its options on."""
+        skt = super().createInternetSocket()
+        tuneListeningSocket(skt)
+        return skt
 
 
 if epollreactor is not None:

@@ -16,8 +16,12 @@ the same work more directly:
     buffered, instead of a trip through the poll loop;
   - a closed socket is just closed (no C{shutdown()} first), and the end of
     a connection reuses prebuilt L{Failure}s;
-  - an outgoing connection (L{LeanConnector}) calls C{connect()} once and is
-    watched for reading and writing with one registration.
+  - an outgoing connection (L{LeanConnector}) is made non-blocking by
+    C{socket()} itself, calls C{connect()} once and is watched for reading
+    and writing with one registration;
+  - a connection accepted by a listening socket that had TCP_NODELAY and
+    SO_KEEPALIVE on (L{tuneListeningSocket}) has them already (Linux
+    passes them on), so a relay setting them again costs no system call.
 
 They use only the reactor's public L{IReactorFDSet} and L{IReactorTime}
 interfaces.  L{txsocks5._fastpath.FastEPollReactor} uses them for plain TCP
@@ -52,7 +56,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["LeanConnection", "LeanServer", "LeanClient", "LeanConnector"]
+__all__ = [
+    "LeanConnection",
+    "LeanServer",
+    "TunedLeanServer",
+    "LeanClient",
+    "LeanConnector",
+    "tuneListeningSocket",
+]
 
 _log = Logger()
 
@@ -66,6 +77,19 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR)
+
+#: C{socket()} flag for a socket that is non-blocking from the start (Linux).
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
+def tuneListeningSocket(skt: socket.socket) -> None:
+    """
+    Turn TCP_NODELAY and SO_KEEPALIVE on for a listening socket, so that
+    the connections it accepts start with them on (Linux copies a listening
+    socket's options to the connections it accepts); see L{TunedLeanServer}.
+    """
+    skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    skt.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 def _toAddress(sockaddr: Any) -> address.IPv4Address | address.IPv6Address:
@@ -111,9 +135,14 @@ class LeanConnection:
     _aborting = False
     _pendingSize = 0
     _host: address.IPv4Address | address.IPv6Address | None = None
+    # TCP_NODELAY and SO_KEEPALIVE as last set here (or passed on by the
+    # listening socket), or None if not known: setting them again is free.
+    _noDelay: bool | None = None
+    _keepAlive: bool | None = None
 
     def __init__(self, skt: socket.socket, protocol: IProtocol | None, reactor: Any) -> None:
-        skt.setblocking(False)
+        if skt.gettimeout() != 0.0:
+            skt.setblocking(False)
         self.socket: socket.socket | None = skt
         self.fileno = skt.fileno
         self.protocol: Any = protocol
@@ -356,7 +385,10 @@ class LeanConnection:
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         """Turn Nagle's algorithm off (C{True}) or on."""
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)  # type: ignore[union-attr]
+        enabled = bool(enabled)
+        if enabled is not self._noDelay:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)  # type: ignore[union-attr]
+            self._noDelay = enabled
 
     def getTcpKeepAlive(self) -> bool:
         """Whether TCP keepalives are sent."""
@@ -364,7 +396,10 @@ class LeanConnection:
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
         """Send TCP keepalives (C{True}) or not."""
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)  # type: ignore[union-attr]
+        enabled = bool(enabled)
+        if enabled is not self._keepAlive:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)  # type: ignore[union-attr]
+            self._keepAlive = enabled
 
     def getHandle(self) -> socket.socket | None:
         """The socket (C{None} once closed)."""
@@ -436,6 +471,16 @@ class LeanServer(LeanConnection):
         return peer
 
 
+class TunedLeanServer(LeanServer):
+    """
+    An accepted connection whose listening socket went through
+    L{tuneListeningSocket}: TCP_NODELAY and SO_KEEPALIVE are on already.
+    """
+
+    _noDelay = True
+    _keepAlive = True
+
+
 class LeanClient(LeanConnection):
     """
     An outgoing connection made by a L{LeanConnector}: while connecting, its
@@ -458,9 +503,14 @@ class LeanClient(LeanConnection):
         return super().doRead()
 
     def doWrite(self) -> Any:
-        """Write, or (while connecting) learn how the attempt ended."""
+        """Write, or (while connecting) learn that the attempt succeeded."""
         if self._connecting:
-            self._attemptEnded()
+            # Writable and not readable: connected.  A failed attempt is
+            # readable too (epoll reports POLLIN with POLLERR and POLLHUP,
+            # select both sets), and the reactor calls doRead first, which
+            # asks the socket for the error.
+            if self.socket is not None:
+                self._connectionMade()
             return None
         return super().doWrite()
 
@@ -488,6 +538,9 @@ class LeanClient(LeanConnection):
     def connectionLost(self, reason: Failure) -> None:
         """Close, then tell the factory the connection was lost."""
         if not self.connected:
+            if self._connecting and self.socket is not None:
+                # The reactor found the attempt's socket broken.
+                self.connector._failed(error.ConnectError(string=reason.getErrorMessage()))
             return
         super().connectionLost(reason)
         self.connector._lost(reason)
@@ -538,7 +591,7 @@ class LeanConnector:
         if self.state != "connecting":
             return  # Stopped from startedConnecting.
         try:
-            skt = socket.socket(self.family, socket.SOCK_STREAM)
+            skt = socket.socket(self.family, socket.SOCK_STREAM | _NONBLOCK)
         except OSError as e:
             self.reactor.callLater(0, self._failed, error.ConnectBindError(e.errno, e.strerror))
             return
