@@ -11,6 +11,7 @@ Only 127.0.0.1 and ::1 are used, and names are resolved by a fake resolver
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import random
 import socket
@@ -25,6 +26,7 @@ from python_socks import ProxyError, ProxyType
 from python_socks.sync import Proxy
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest
@@ -835,6 +837,77 @@ class HalfCloseTests(IntegrationTestCase):
         self.assertTrue(target.gotEOF)
         self.assertEqual(len(target.received), len(payload))
         self.assertEqual(bytes(target.received), payload)
+
+
+class ReferenceCycleTests(IntegrationTestCase):
+    """
+    A finished session is freed by reference counting alone: nothing of
+    txsocks5's waits for the garbage collector (whose passes cost every
+    connection time, and memory while the garbage waits).
+    """
+
+    async def test_connectSessions(self) -> None:
+        """Tunnels that ran, and a CONNECT that was refused, leave no cycles."""
+        server = await self.startServer()
+        _, port = await startEcho(self)
+        closedPort = freePort()
+
+        def clients() -> list[int]:
+            replies = []
+            for _ in range(3):
+                sock, reply = socksConnect(server.address, LOOPBACK4, port)
+                with sock:
+                    self.assertEqual(echoRoundTrip(sock), b"ping through the tunnel")
+                replies.append(reply[0])
+            sock, reply = socksConnect(server.address, LOOPBACK4, closedPort)
+            with sock:
+                recvUntilClosed(sock)
+            replies.append(reply[0])
+            return replies
+
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        self.assertEqual(await deferToThread(clients), [0, 0, 0, 5])
+        for _ in range(500):
+            if server.factory.counters.sessions == 4 and not server.factory.counters.active:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(server.factory.counters.sessions, 4)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            # Only cycles through txsocks5's objects: Twisted's own tcp.Client
+            # and its connector refer to each other (and so keep the factory
+            # they share until a collection).
+            ours = sorted(
+                {
+                    type(o).__qualname__
+                    for o in gc.garbage
+                    if type(o).__module__.startswith("txsocks5") and _inCycle(o, gc.garbage)
+                }
+            )
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        self.assertEqual(ours, [])
+
+
+def _inCycle(start: object, garbage: list[Any]) -> bool:
+    """Whether C{start} can reach itself through references among C{garbage}."""
+    among = {id(o) for o in garbage}
+    seen: set[int] = set()
+    stack = list(gc.get_referents(start))
+    for _ in range(100_000):
+        if not stack:
+            return False
+        o = stack.pop()
+        if o is start:
+            return True
+        if id(o) in among and id(o) not in seen:
+            seen.add(id(o))
+            stack.extend(gc.get_referents(o))
+    return True  # Too tangled to tell: count it.
 
 
 class EarlyEndTests(IntegrationTestCase):

@@ -120,6 +120,19 @@ class ConnectingFactoryTests(SynchronousTestCase):
         protocol.makeConnection(StringTransport())
         self.assertIs(self.successResultOf(d), protocol)
 
+    def test_forgetsEndedAttempt(self) -> None:
+        """
+        Once the attempt has ended the factory lets go of the connector and
+        the Deferred (no reference cycle for the garbage collector), so
+        asking for the Deferred again is an error.
+        """
+        d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
+        self.factory.startedConnecting(self.reactor.connectors[0])
+        self.factory.buildProtocol(None).makeConnection(StringTransport())
+        self.successResultOf(d)
+        self.assertIsNone(self.factory._connector)
+        self.assertRaises(RuntimeError, self.factory.whenConnected)
+
     def test_failed(self) -> None:
         d = self.outbound.connect(wire.Address.fromHost("192.0.2.1", 80), self.factory)
         self.factory.clientConnectionFailed(

@@ -311,23 +311,42 @@ class TargetFactory(ClientFactory):
 
     def __init__(self) -> None:
         self._connector: IConnector | None = None
-        self._connected: Deferred[IProtocol] = Deferred(self._cancel)
+        self._connected: Deferred[IProtocol] | None = Deferred(self._cancel)
 
     def whenConnected(self) -> Deferred[IProtocol]:
-        """Fires with the connected L{TargetProtocol}; see L{IConnectingFactory}."""
+        """
+        Fires with the connected L{TargetProtocol}; see
+        L{IConnectingFactory}.  Ask before the attempt ends: the factory
+        forgets the Deferred once it has fired.
+        """
+        if self._connected is None:
+            raise RuntimeError("the connection attempt has already ended")
         return self._connected
+
+    def _ended(self) -> Deferred[IProtocol] | None:
+        """
+        The Deferred to fire (if not fired yet) now that the attempt is over.
+        The factory lets go of it and of the connector, so that the attempt
+        leaves no reference cycle behind (which only the garbage collector
+        could free).
+        """
+        self._connector = None
+        connected, self._connected = self._connected, None
+        return connected
 
     def startedConnecting(self, connector: IConnector) -> None:
         self._connector = connector
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        if not self._connected.called:
-            self._connected.errback(reason)
+        connected = self._ended()
+        if connected is not None and not connected.called:
+            connected.errback(reason)
 
     def _made(self, protocol: TargetProtocol) -> None:
         """C{protocol}'s connection is made."""
-        if not self._connected.called:
-            self._connected.callback(protocol)
+        connected = self._ended()
+        if connected is not None and not connected.called:
+            connected.callback(protocol)
 
     def _cancel(self, d: Deferred[IProtocol]) -> None:
         connector, self._connector = self._connector, None
