@@ -492,6 +492,60 @@ class ServerTests(LeanTestCase):
             closeNow.set()
             await d
 
+    async def test_optionsInherited(self) -> None:
+        """
+        An accepted connection has TCP_NODELAY and SO_KEEPALIVE on before
+        anything sets them: the lean port's listening socket passes them on.
+        """
+        factory, port = await self.serve(ServerProtocol)
+        closeNow = threading.Event()
+
+        def client() -> None:
+            with connectTo((LOOPBACK4, port)):
+                waitEvent(closeNow, "closing")
+
+        d = deferToThread(client)
+        try:
+            proto = await self.accepted(factory)
+            handle = proto.transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+            proto.transport.loseConnection()
+            await proto.done
+        finally:
+            closeNow.set()
+            await d
+
+    async def test_adoptedPort(self) -> None:
+        """
+        A listening socket adopted (C{--workers}, systemd) serves with lean,
+        tuned transports too; on the fast reactor, C{adoptStreamPort} does so.
+        """
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind((LOOPBACK4, 0))
+        listener.listen(5)
+        listener.setblocking(False)
+        factory = TrackingFactory(EchoServerProtocol)
+        if isinstance(reactor, _fastpath.FastEPollReactor):
+            port = reactor.adoptStreamPort(listener.fileno(), socket.AF_INET, factory)
+        else:
+            port = _fastpath._LeanPort.adopt(reactor, listener.fileno(), socket.AF_INET, factory)
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, _fastpath._LeanPort)
+        address = listener.getsockname()
+
+        def client() -> bytes:
+            with connectTo(address) as sock:
+                sock.sendall(b"ping through an adopted port")
+                sock.shutdown(socket.SHUT_WR)
+                return recvUntilClosed(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through an adopted port")
+        proto = await self.accepted(factory)
+        await proto.done
+        self.assertIsInstance(proto.transport, _leantcp.TunedLeanServer)
+
     async def test_writes(self) -> None:
         """
         writeSequence() sends the concatenation; write(b"") does nothing;

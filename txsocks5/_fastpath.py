@@ -10,10 +10,10 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   (C{twistd --reactor=...}); C{--reactor=txsocks5} chooses it for any
   twistd or trial run.  The only visible difference: legacy C{log.msg}
   lines from Twisted's own transports show C{-} instead of the protocol's
-  log prefix.  Its plain TCP connections (C{listenTCP}, and C{connectTCP}
-  to an IP literal) use the lean transports of L{txsocks5._leantcp}: about
-  12% less CPU per short SOCKS5 session than Twisted's C{tcp.Server} and
-  C{tcp.Client}.
+  log prefix.  Its plain TCP connections (C{listenTCP}, C{adoptStreamPort}
+  for C{--workers} and systemd sockets, and C{connectTCP} to an IP literal)
+  use the lean transports of L{txsocks5._leantcp}: about 12% less CPU per
+  short SOCKS5 session than Twisted's C{tcp.Server} and C{tcp.Client}.
 - L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
@@ -29,6 +29,7 @@ the public path (the stock reactor, C{transport.write}) is used.
 from __future__ import annotations
 
 import errno
+import socket
 import sys
 from typing import Any
 
@@ -83,7 +84,9 @@ _directWritesAvailable = _twistedVersion() in TESTED_TWISTED and all(
 #: Whether C{tcp.Port} still builds its connections' transports from its
 #: C{transport} attribute (with C{tcp.Server}'s arguments), as documented.
 _leanPortAvailable = (
-    _twistedVersion() in TESTED_TWISTED and getattr(tcp.Port, "transport", None) is tcp.Server
+    _twistedVersion() in TESTED_TWISTED
+    and getattr(tcp.Port, "transport", None) is tcp.Server
+    and hasattr(tcp.Port, "_fromListeningDescriptor")
 )
 
 
@@ -101,6 +104,19 @@ class _LeanPort(tcp.Port):
         skt = super().createInternetSocket()
         tuneListeningSocket(skt)
         return skt
+
+    @classmethod
+    def adopt(cls, reactor: Any, fileDescriptor: int, addressFamily: int, factory: Any) -> _LeanPort:
+        """
+        Listen on an inherited listening socket (C{--workers}, systemd), as
+        C{IReactorSocket.adoptStreamPort} does, tuning it first.
+        """
+        port: _LeanPort = cls._fromListeningDescriptor(  # type: ignore[attr-defined]
+            reactor, fileDescriptor, addressFamily, factory
+        )
+        tuneListeningSocket(port._preexistingSocket)  # type: ignore[arg-type]
+        port.startListening()
+        return port
 
 
 if epollreactor is not None:
@@ -121,6 +137,12 @@ if epollreactor is not None:
             listening = _LeanPort(port, factory, backlog, interface, self)
             listening.startListening()
             return listening
+
+        def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
+            """Adopt a listening socket as Twisted does; TCP ones get lean transports."""
+            if not _leanPortAvailable or addressFamily not in (socket.AF_INET, socket.AF_INET6):
+                return super().adoptStreamPort(fileDescriptor, addressFamily, factory)
+            return _LeanPort.adopt(self, fileDescriptor, addressFamily, factory)
 
         def connectTCP(
             self,
