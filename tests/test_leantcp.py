@@ -1267,6 +1267,23 @@ class ConnectorTests(LeanTestCase):
         self.assertEqual(connector.state, "disconnected")
         await factory.failed
 
+    async def test_brokenWhileConnecting(self) -> None:
+        """
+        A connecting socket that the reactor reports broken without a
+        readable event (its connectionLost, as the reactor calls it) fails
+        the attempt at once, its socket closed and no longer watched.
+        """
+        factory = RecordingClientFactory()
+        connector = self.connect(LOOPBACK4, self.unansweredPort(), factory)
+        transport = connector.transport
+        assert transport is not None
+        transport.connectionLost(Failure(error.ConnectionLost()))
+        self.assertEqual(factory.names(), ["startedConnecting", "failed"])
+        self.assertTrue(factory.reason("failed").check(error.ConnectError), factory.calls)
+        self.assertEqual(connector.state, "disconnected")
+        self.assertUnwatched(transport)
+        await factory.failed
+
     async def test_stopFromStartedConnecting(self) -> None:
         """stopConnecting() from startedConnecting(): no socket is made; the factory is stopped."""
 
