@@ -49,6 +49,17 @@ class RelayTests(SynchronousTestCase):
             ],
         )
 
+    def test_socketOptionsRefused(self) -> None:
+        """A transport that is not TCP after all (setting options fails) still relays."""
+
+        def refuse(on: bool) -> None:
+            raise OSError(95, "Operation not supported")
+
+        self.client.setTcpNoDelay = refuse  # type: ignore[attr-defined]
+        relay = self.start()
+        relay.clientData(b"abc")
+        self.assertEqual(self.target.value(), b"abc")
+
     def test_readSize(self) -> None:
         """
         A side whose read fills Twisted's default read size reads

@@ -12,7 +12,6 @@ path is a write to the peer and an integer add, nothing more.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -67,11 +66,11 @@ def _tuneSocket(transport: ITransport) -> None:
         the flow) is noticed by the kernel (after about two hours with
         Linux's defaults) instead of holding the tunnel open for ever.
     """
-    for option in ("setTcpNoDelay", "setTcpKeepAlive"):
-        setOption = getattr(transport, option, None)
-        if setOption is not None:
-            with suppress(OSError):  # Not TCP after all (a UNIX socket).
-                setOption(True)
+    try:
+        transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        transport.setTcpKeepAlive(True)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        pass  # Not TCP after all (a UNIX socket, or TLS over one).
 
 
 def _shutdownWrite(transport: ITransport) -> None:

@@ -355,6 +355,13 @@ PROTECTED: tuple[Protection, ...] = (
     Protection(_LOOPBACK6, "loopback", loopbackClientsExempt=True),
 )
 
+#: L{PROTECTED} by IP version, as C{(mask, network value, protection)}: a
+#: request's destination is checked against these on every CONNECT.
+_PROTECTED_BY_VERSION: dict[int, list[tuple[int, int, Protection]]] = {
+    version: [(p.network._mask, p.network.value, p) for p in PROTECTED if p.network.version == version]
+    for version in (4, 6)
+}
+
 _ADMITTED = Verdict(True, "no client rules")
 
 
@@ -429,8 +436,9 @@ class RuleSet:
             return None
         if request.command == "bind" and key[1] == 0:
             return None  # BIND's DST.ADDR of zeros means "any peer", not a destination.
-        for protection in PROTECTED:
-            if protection.network.containsKey(key):
+        version, value = key
+        for mask, network, protection in _PROTECTED_BY_VERSION[version]:
+            if value & mask == network:
                 if protection.loopbackClientsExempt and isLoopback(request.client):
                     return None
                 return protection
