@@ -8,6 +8,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import HalfCloseableStringTransport
+from txsocks5.deadlines import Deadlines
 from txsocks5.relay import FIRST_READ_SIZE, READ_SIZE, TargetProtocol, TCPRelay
 
 
@@ -129,6 +130,40 @@ class RelayTests(SynchronousTestCase):
         relay.clientReadClosed()
         relay.targetReadClosed()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_finWaitShared(self) -> None:
+        """
+        Tunnels given a shared fin-wait timer (L{Deadlines} of the same
+        length) use it instead of a DelayedCall each: cut when it passes,
+        forgotten when they finish first.
+        """
+        timers: Deadlines[TCPRelay] = Deadlines(self.clock, 10, lambda relay: relay._finWaitTimedOut())
+        relays = []
+        for _ in range(2):
+            client, target = HalfCloseableStringTransport(), HalfCloseableStringTransport()
+            relay = TCPRelay(client, target, self.clock, finWaitTimeout=10, finWaitDeadlines=timers)
+            relay.start()
+            relay.clientReadClosed()
+            relays.append((relay, client, target))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        relays[1][0].targetReadClosed()  # Both ways ended: no longer waiting.
+        self.assertEqual(len(timers), 1)
+        self.clock.advance(10)
+        relay, client, target = relays[0]
+        self.assertEqual(relay.closeReason, "fin-wait timeout")
+        self.assertTrue(client.aborted and target.aborted)
+        self.assertFalse(relays[1][1].aborted)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_finWaitSharedOtherLength(self) -> None:
+        """A shared timer of another length is not used: the tunnel's own timeout holds."""
+        timers: Deadlines[TCPRelay] = Deadlines(self.clock, 99, lambda relay: relay._finWaitTimedOut())
+        relay = TCPRelay(self.client, self.target, self.clock, finWaitTimeout=10, finWaitDeadlines=timers)
+        relay.start()
+        relay.clientReadClosed()
+        self.assertEqual(len(timers), 0)
+        self.clock.advance(10)
+        self.assertEqual(relay.closeReason, "fin-wait timeout")
 
     def test_idleTimeout(self) -> None:
         """A tunnel with no traffic for the idle timeout is cut."""

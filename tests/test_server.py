@@ -276,6 +276,38 @@ class TimeoutTests(ServerTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+    def test_sharedTimer(self) -> None:
+        """
+        Negotiating clients share one timer; each is still cut at its own
+        deadline, and one that finishes negotiating is not.
+        """
+        factory = self.makeFactory(negotiateTimeout=5)
+        first, firstTransport = self.connect(factory)
+        self.clock.advance(2)
+        second, secondTransport = self.connect(factory)
+        third, thirdTransport = self.connect(factory)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        third.dataReceived(GREETING + CONNECT)
+        self.clock.advance(3)
+        self.assertTrue(firstTransport.aborted)
+        self.assertFalse(secondTransport.aborted)
+        self.clock.advance(2)
+        self.assertTrue(secondTransport.aborted)
+        self.assertFalse(thirdTransport.aborted)
+
+    def test_timeoutChanged(self) -> None:
+        """A factory's negotiateTimeout changed later applies to clients that come after."""
+        factory = self.makeFactory(negotiateTimeout=5)
+        factory.negotiateTimeout = 2
+        protocol, transport = self.connect(factory)
+        self.clock.advance(2)
+        self.assertTrue(transport.aborted)
+        factory.negotiateTimeout = None
+        protocol, transport = self.connect(factory)
+        self.clock.advance(100)
+        self.assertFalse(transport.aborted)
+
+
 class AuthenticationTests(ServerTestCase):
     """RFC 1929 username/password through twisted.cred checkers."""
 

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, shutdownWriteDirectly, writeDirectly, writePublicly
+from txsocks5.deadlines import Deadlines
 from txsocks5.interfaces import IConnectingFactory
 
 __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE", "FIRST_READ_SIZE"]
@@ -92,6 +93,15 @@ class TCPRelay:
     The protocols that own the transports report their events here
     (C{clientData}, C{targetReadClosed}, C{clientLost}, ...).
 
+    @param clock: the reactor's clock, for the timeouts.
+    @param idleTimeout: seconds without data after which both connections
+        are cut; C{None} for never.
+    @param finWaitTimeout: seconds the tunnel may stay half-closed; C{None}
+        for ever.
+    @param finWaitDeadlines: a timer shared by many tunnels for their
+        fin-wait timeouts (used if its timeout is C{finWaitTimeout}),
+        instead of a C{DelayedCall} per tunnel.
+
     @ivar bytesUp: bytes relayed from the client to the target.
     @ivar bytesDown: bytes relayed from the target to the client.
     @ivar closeReason: why the relay cut the connections (C{"idle timeout"},
@@ -105,6 +115,7 @@ class TCPRelay:
         clock: IReactorTime,
         idleTimeout: float | None = None,
         finWaitTimeout: float | None = None,
+        finWaitDeadlines: Deadlines[TCPRelay] | None = None,
     ) -> None:
         self.client = client
         self.target = target
@@ -114,6 +125,13 @@ class TCPRelay:
         self._clock = clock
         self._idleTimeout = idleTimeout
         self._finWaitTimeout = finWaitTimeout
+        # A timer shared with other tunnels, if one with the same timeout is given.
+        self._finWaitDeadlines = (
+            finWaitDeadlines
+            if finWaitDeadlines is not None and finWaitDeadlines.timeout == finWaitTimeout
+            else None
+        )
+        self._finWaiting = False
         self._upEnded = False
         self._downEnded = False
         self._clientProduces = False  # registered as the target's producer
@@ -201,8 +219,12 @@ class TCPRelay:
             self._finish()
             self.client.loseConnection()
             self.target.loseConnection()
-        elif self._finWaitTimeout and self._finWaitCall is None:
-            self._finWaitCall = self._clock.callLater(self._finWaitTimeout, self._abort, "fin-wait timeout")
+        elif self._finWaitTimeout and not self._finWaiting:
+            self._finWaiting = True
+            if self._finWaitDeadlines is not None:
+                self._finWaitDeadlines.start(self)
+            else:
+                self._finWaitCall = self._clock.callLater(self._finWaitTimeout, self._finWaitTimedOut)
 
     def _finish(self) -> None:
         """Stop timers and producers; the connections are closing."""
@@ -213,6 +235,8 @@ class TCPRelay:
             if call is not None and call.active():
                 call.cancel()
         self._idleCall = self._finWaitCall = None
+        if self._finWaiting and self._finWaitDeadlines is not None:
+            self._finWaitDeadlines.cancel(self)
         # loseConnection waits for a registered producer: let go of them.
         self._stopClientProducing()
         self._stopTargetProducing()
@@ -235,6 +259,12 @@ class TCPRelay:
         self._lastTotal = total
         assert self._idleTimeout is not None
         self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
+
+    def _finWaitTimedOut(self) -> None:
+        self._finWaitCall = None
+        if self._finWaitDeadlines is not None:
+            self._finWaitDeadlines.cancel(self)
+        self._abort("fin-wait timeout")
 
     def _abort(self, reason: str) -> None:
         self._idleCall = self._finWaitCall = None

@@ -37,6 +37,7 @@ from txsocks5._fastpath import canWriteDirectly, writeDirectly
 from txsocks5.accounting import Counters, Session, logSession
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.bind import BindListener, PeerCheck
+from txsocks5.deadlines import Deadlines
 from txsocks5.interfaces import (
     AccessRequest,
     AddressNotAllowed,
@@ -118,6 +119,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._bindListener: BindListener | None = None
         self._holding = False  # Reading (and keeping) bytes while a wait goes on.
         self._timer: IDelayedCall | None = None
+        self._negotiationDeadlines: Deadlines[SOCKS5ServerProtocol] | None = None
         self._loginGuard: ThrottledCheckers | None = None
         self._access: AccessRequest | None = None
         self._paused = False
@@ -135,7 +137,10 @@ class SOCKS5ServerProtocol(Protocol):
             client=describeAddress(self.transport.getPeer()),  # type: ignore[union-attr]
             started=factory.clock.seconds(),
         )
-        self._setDeadline(factory.negotiateTimeout, "negotiation timeout")
+        deadlines = factory._negotiationDeadlines()
+        if deadlines is not None:
+            self._negotiationDeadlines = deadlines
+            deadlines.start(self)
 
     def dataReceived(self, data: bytes) -> None:
         relay = self._relay
@@ -498,6 +503,7 @@ class SOCKS5ServerProtocol(Protocol):
             factory.clock,
             idleTimeout=factory.idleTimeout,
             finWaitTimeout=factory.finWaitTimeout,
+            finWaitDeadlines=factory._finWaitDeadlines(),
         )
         self._relay = relay
         pending, self._buffer = self._buffer, b""
@@ -604,15 +610,30 @@ class SOCKS5ServerProtocol(Protocol):
             self._timer = self.factory.clock.callLater(seconds, self._deadlinePassed, outcome)
 
     def _cancelDeadline(self) -> None:
+        deadlines, self._negotiationDeadlines = self._negotiationDeadlines, None
+        if deadlines is not None:
+            deadlines.cancel(self)
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+    def _negotiationTimedOut(self) -> None:
+        self._negotiationDeadlines = None
+        self._deadlinePassed("negotiation timeout")
 
     def _deadlinePassed(self, outcome: str) -> None:
         self._timer = None
         self.session.outcome = outcome
         self._step = None
         self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+def _negotiationTimedOut(protocol: SOCKS5ServerProtocol) -> None:
+    protocol._negotiationTimedOut()
+
+
+def _finWaitTimedOut(relay: TCPRelay) -> None:
+    relay._finWaitTimedOut()
 
 
 def _describeAccess(access: AccessRequest) -> str:
@@ -771,6 +792,22 @@ class SOCKS5Factory(Factory):
         self._userAssociations: dict[str, int] = {}
         self._perClient: dict[str | None, int] = {}
         self._refusals = LogThrottle(reactor)
+        self._negotiationTimers: Deadlines[SOCKS5ServerProtocol] | None = None
+        self._finWaitTimers: Deadlines[TCPRelay] | None = None
+
+    def _negotiationDeadlines(self) -> Deadlines[SOCKS5ServerProtocol] | None:
+        """The timer all negotiations share (C{negotiateTimeout}), or C{None} if they have none."""
+        timers, timeout = self._negotiationTimers, self.negotiateTimeout
+        if timeout and (timers is None or timers.timeout != timeout):
+            timers = self._negotiationTimers = Deadlines(self.clock, timeout, _negotiationTimedOut)
+        return timers if timeout else None
+
+    def _finWaitDeadlines(self) -> Deadlines[TCPRelay] | None:
+        """The timer half-closed tunnels share (C{finWaitTimeout}), or C{None} if they have none."""
+        timers, timeout = self._finWaitTimers, self.finWaitTimeout
+        if timeout and (timers is None or timers.timeout != timeout):
+            timers = self._finWaitTimers = Deadlines(self.clock, timeout, _finWaitTimedOut)
+        return timers if timeout else None
 
     def admitAssociation(self, clientHost: str, user: str | None = None) -> str | None:
         """
