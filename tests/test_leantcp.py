@@ -35,6 +35,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -59,6 +60,7 @@ from tests.support import (
 from tests.test_integration import assertLogClean, startEcho, watchLog
 from txsocks5 import _fastpath, _leantcp
 from txsocks5._leantcp import LeanClient, LeanConnector, LeanServer
+from txsocks5.deadlines import Deadlines
 
 MiB = 1024 * 1024
 
@@ -345,10 +347,11 @@ class LeanTestCase(IntegrationTestCase):
         timeout: float = SOCKET_TIMEOUT,
         bindAddress: tuple[str, int] | None = None,
         onReactor: Any = None,
+        deadlines: Deadlines[LeanConnector] | None = None,
     ) -> LeanConnector:
         """Start a L{LeanConnector}; whatever is left of it is closed when the test ends."""
         connector = LeanConnector(
-            reactor if onReactor is None else onReactor, host, port, factory, timeout, bindAddress
+            reactor if onReactor is None else onReactor, host, port, factory, timeout, bindAddress, deadlines
         )
         connector.connect()
 
@@ -1218,6 +1221,81 @@ class ConnectorTests(LeanTestCase):
         self.assertIsNone(connector.transport)
         self.assertUnwatched(transport)
         await factory.failed
+
+    async def test_sharedTimeout(self) -> None:
+        """
+        With a shared timer (L{Deadlines} of the same length, as the fast
+        reactor's connectTCP gives), attempts time out on it: no DelayedCall
+        of their own, and one that connects leaves it.
+        """
+        clock = Clock()
+        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 30.0, _fastpath._connectTimedOut)
+        onReactor = ClockedReactor(clock)
+        _, port = await startEcho(self)
+        connected = RecordingClientFactory()
+        self.connect(LOOPBACK4, port, connected, timeout=30.0, onReactor=onReactor, deadlines=deadlines)
+        unanswered = RecordingClientFactory()
+        connector = self.connect(
+            LOOPBACK4,
+            self.unansweredPort(),
+            unanswered,
+            timeout=30.0,
+            onReactor=onReactor,
+            deadlines=deadlines,
+        )
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(len(deadlines), 2)
+        await waitFor(lambda: bool(connected.protocols), what="the connection")
+        self.assertEqual(len(deadlines), 1)
+        clock.advance(30)
+        self.assertTrue(unanswered.reason("failed").check(error.TimeoutError), unanswered.calls)
+        self.assertEqual(connector.state, "disconnected")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        await unanswered.failed
+        proto = connected.protocols[0]
+        proto.transport.loseConnection()  # type: ignore[union-attr]
+        clock.advance(0)
+        await proto.done
+
+    async def test_sharedTimeoutOtherLength(self) -> None:
+        """A shared timer of another length is not used: the attempt's own timeout holds."""
+        clock = Clock()
+        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 99.0, _fastpath._connectTimedOut)
+        factory = RecordingClientFactory()
+        self.connect(
+            LOOPBACK4,
+            self.unansweredPort(),
+            factory,
+            timeout=30.0,
+            onReactor=ClockedReactor(clock),
+            deadlines=deadlines,
+        )
+        self.assertEqual(len(deadlines), 0)
+        clock.advance(30)
+        self.assertTrue(factory.reason("failed").check(error.TimeoutError), factory.calls)
+        await factory.failed
+
+    async def test_fastReactorSharesTimers(self) -> None:
+        """
+        The fast reactor's connectTCP gives attempts with the same timeout
+        one shared timer, for a few distinct timeouts (then a DelayedCall
+        each).
+        """
+        if not isinstance(reactor, _fastpath.FastEPollReactor):
+            raise SkipTest("runs on the fast reactor (trial --reactor=txsocks5)")
+        saved, reactor._leanConnectTimers = reactor._leanConnectTimers, {}  # Other tests' timeouts aside.
+        self.addCleanup(setattr, reactor, "_leanConnectTimers", saved)
+        port = self.unansweredPort()
+        connectors = []
+        for timeout in (17.0, 17.0, *(100.0 + i for i in range(_fastpath._MAX_CONNECT_TIMERS))):
+            connector = reactor.connectTCP(LOOPBACK4, port, RecordingClientFactory(), timeout=timeout)
+            self.addCleanup(connector.stopConnecting)
+            connectors.append(connector)
+        shared = reactor._leanConnectTimers[17.0]
+        self.assertIs(connectors[0]._deadlines, shared)
+        self.assertIs(connectors[1]._deadlines, shared)
+        self.assertEqual(len(shared), 2)
+        self.assertIsNone(connectors[-1]._deadlines)  # One timeout too many.
 
     async def test_connectedCancelsTimeout(self) -> None:
         """Once connected, the timeout is cancelled."""

@@ -275,7 +275,6 @@ class TimeoutTests(ServerTestCase):
         self.assertFalse(transport.aborted)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-
     def test_sharedTimer(self) -> None:
         """
         Negotiating clients share one timer; each is still cut at its own

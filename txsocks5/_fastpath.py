@@ -39,6 +39,7 @@ from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
 from txsocks5._leantcp import LeanConnector, TunedLeanServer, tuneListeningSocket
+from txsocks5.deadlines import Deadlines
 
 __all__ = [
     "FastEPollReactor",
@@ -90,6 +91,14 @@ _leanPortAvailable = (
 )
 
 
+#: How many different connect timeouts get a shared timer each.
+_MAX_CONNECT_TIMERS = 8
+
+
+def _connectTimedOut(connector: LeanConnector) -> None:
+    connector._timedOut()
+
+
 class _LeanPort(tcp.Port):
     """
     A TCP listening port whose accepted connections are lean transports,
@@ -124,6 +133,10 @@ if epollreactor is not None:
     class FastEPollReactor(epollreactor.EPollReactor):
         """L{epollreactor.EPollReactor} without the per-event logging context."""
 
+        def __init__(self) -> None:
+            super().__init__()
+            self._leanConnectTimers: dict[float, Deadlines[LeanConnector]] = {}
+
         def listenTCP(
             self,
             port: int,
@@ -155,9 +168,23 @@ if epollreactor is not None:
             """Connect as Twisted does; to an IP literal, with a lean transport."""
             if not (isIPAddress(host) or isIPv6Address(host)):
                 return super().connectTCP(host, port, factory, timeout, bindAddress)
-            connector = LeanConnector(self, host, port, factory, timeout, bindAddress)
+            connector = LeanConnector(
+                self, host, port, factory, timeout, bindAddress, self._connectDeadlines(timeout)
+            )
             connector.connect()
             return connector
+
+        def _connectDeadlines(self, timeout: float) -> Deadlines[LeanConnector] | None:
+            """The timer shared by lean connection attempts with this C{timeout}, if any."""
+            if not timeout or timeout <= 0:
+                return None
+            timers = self._leanConnectTimers
+            deadlines = timers.get(timeout)
+            if deadlines is None:
+                if len(timers) >= _MAX_CONNECT_TIMERS:
+                    return None  # Callers with ever new timeouts: a DelayedCall each.
+                deadlines = timers[timeout] = Deadlines(self, timeout, _connectTimedOut)
+            return deadlines
 
         def _addReaderAndWriter(self, selectable: Any) -> None:
             """Watch C{selectable} for reading and writing with one C{epoll_ctl}."""

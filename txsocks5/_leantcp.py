@@ -56,6 +56,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsocks5.deadlines import Deadlines
+
 __all__ = [
     "LeanConnection",
     "LeanServer",
@@ -565,6 +567,7 @@ class LeanConnector:
         factory: IProtocolFactory,
         timeout: float,
         bindAddress: tuple[str, int] | None,
+        deadlines: Deadlines[LeanConnector] | None = None,
     ) -> None:
         self.reactor = reactor
         self.host = host
@@ -576,6 +579,9 @@ class LeanConnector:
         self.state = "disconnected"
         self.transport: LeanClient | None = None
         self._timeoutCall: Any = None
+        # A timer shared with other attempts, if one of the same length is given.
+        self._deadlines = deadlines if deadlines is not None and deadlines.timeout == timeout else None
+        self._timing = False
         self._factoryStarted = False
         self._destination: address.IPv4Address | address.IPv6Address | None = None
 
@@ -611,7 +617,10 @@ class LeanConnector:
             else:
                 self.reactor.addReader(transport)
                 self.reactor.addWriter(transport)
-            if self.timeout:
+            if self._deadlines is not None:
+                self._timing = True
+                self._deadlines.start(self)
+            elif self.timeout:
                 self._timeoutCall = self.reactor.callLater(self.timeout, self._timedOut)
         elif result in (0, errno.EISCONN):
             self.reactor.callLater(0, self._connectedAtOnce)
@@ -626,13 +635,20 @@ class LeanConnector:
 
     def _timedOut(self) -> None:
         self._timeoutCall = None
+        self._timing = False
         self._failed(error.TimeoutError())
 
-    def _stopAttempt(self) -> None:
-        """Forget the attempt's socket and timer."""
+    def _stopTimer(self) -> None:
         call, self._timeoutCall = self._timeoutCall, None
         if call is not None and call.active():
             call.cancel()
+        if self._timing:
+            self._timing = False
+            self._deadlines.cancel(self)  # type: ignore[union-attr]
+
+    def _stopAttempt(self) -> None:
+        """Forget the attempt's socket and timer."""
+        self._stopTimer()
         transport, self.transport = self.transport, None
         if transport is not None and transport.socket is not None:
             transport.stopReading()
@@ -654,9 +670,7 @@ class LeanConnector:
         protocol: IProtocol | None = self.factory.buildProtocol(self.getDestination())
         if protocol is None:
             return None  # Still "connecting": the caller fails the attempt.
-        call, self._timeoutCall = self._timeoutCall, None
-        if call is not None and call.active():
-            call.cancel()
+        self._stopTimer()
         self.state = "connected"
         return protocol
 
