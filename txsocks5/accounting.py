@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 __all__ = ["Session", "Counters", "logSession"]
 
@@ -56,36 +56,41 @@ class Counters:
         self.outcomes[session.outcome] = self.outcomes.get(session.outcome, 0) + 1
 
 
-_FORMAT = (
-    "session {outcome}: client={client} user={user} command={command} "
-    "destination={destination} up={bytesUp} down={bytesDown} duration={duration:.3f}s"
-)
-_UDP_FORMAT = (
-    "session {outcome}: client={client} user={user} command={command} relay={destination} "
-    "datagrams up={datagramsUp} down={datagramsDown} dropped={dropped} "
-    "bytes up={bytesUp} down={bytesDown} duration={duration:.3f}s"
-)
-
-
 def logSession(session: Session, ended: float) -> None:
     """
     Emit the one log event that describes a finished session: every fact is
     a field of the event, and C{summary} is the line a text log shows.
     """
-    fields = {
-        "outcome": session.outcome,
-        "client": session.client,
-        "user": session.user,
-        "command": session.command,
-        "destination": session.destination,
-        "bytesUp": session.bytesUp,
-        "bytesDown": session.bytesDown,
-        "datagramsUp": session.datagramsUp,
-        "datagramsDown": session.datagramsDown,
-        "dropped": session.dropped,
-        "duration": ended - session.started,
-    }
-    # Formatted here, once, with str.format: a third cheaper per session than
-    # twisted.logger formatting a many-field format string in a text observer.
-    summary = (_FORMAT if session.datagramsUp is None else _UDP_FORMAT).format(**fields)
-    log.info("{summary}", summary=summary, **fields)
+    # The line is made here, once, with an f-string: cheaper than a format
+    # string with a field per fact that a text observer would fill in (this
+    # runs once per connection, which is where a short session's time goes).
+    duration = ended - session.started
+    if session.datagramsUp is None:
+        summary = (
+            f"session {session.outcome}: client={session.client} user={session.user} "
+            f"command={session.command} destination={session.destination} "
+            f"up={session.bytesUp} down={session.bytesDown} duration={duration:.3f}s"
+        )
+    else:
+        summary = (
+            f"session {session.outcome}: client={session.client} user={session.user} "
+            f"command={session.command} relay={session.destination} "
+            f"datagrams up={session.datagramsUp} down={session.datagramsDown} dropped={session.dropped} "
+            f"bytes up={session.bytesUp} down={session.bytesDown} duration={duration:.3f}s"
+        )
+    log.emit(
+        LogLevel.info,
+        "{summary}",
+        summary=summary,
+        outcome=session.outcome,
+        client=session.client,
+        user=session.user,
+        command=session.command,
+        destination=session.destination,
+        bytesUp=session.bytesUp,
+        bytesDown=session.bytesDown,
+        datagramsUp=session.datagramsUp,
+        datagramsDown=session.datagramsDown,
+        dropped=session.dropped,
+        duration=duration,
+    )
