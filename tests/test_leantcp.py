@@ -466,7 +466,11 @@ class ServerTests(LeanTestCase):
         await self.echoRoundTrip(LOOPBACK6)
 
     async def test_socketOptions(self) -> None:
-        """TCP_NODELAY and SO_KEEPALIVE round-trip; getHandle() is the socket, then None once closed."""
+        """
+        TCP_NODELAY and SO_KEEPALIVE are on from the start (the lean port's
+        listening socket passes them on) and round-trip; getHandle() is the
+        socket, then None once closed.
+        """
         factory, port = await self.serve(ServerProtocol)
         closeNow = threading.Event()
 
@@ -481,6 +485,8 @@ class ServerTests(LeanTestCase):
             handle = transport.getHandle()
             self.assertIsInstance(handle, socket.socket)
             self.assertIs(handle, transport.socket)
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
             for enabled in (True, False, True):
                 transport.setTcpNoDelay(enabled)
                 self.assertEqual(transport.getTcpNoDelay(), enabled)
@@ -491,30 +497,6 @@ class ServerTests(LeanTestCase):
             transport.loseConnection()
             await proto.done
             self.assertIsNone(transport.getHandle())
-        finally:
-            closeNow.set()
-            await d
-
-    async def test_optionsInherited(self) -> None:
-        """
-        An accepted connection has TCP_NODELAY and SO_KEEPALIVE on before
-        anything sets them: the lean port's listening socket passes them on.
-        """
-        factory, port = await self.serve(ServerProtocol)
-        closeNow = threading.Event()
-
-        def client() -> None:
-            with connectTo((LOOPBACK4, port)):
-                waitEvent(closeNow, "closing")
-
-        d = deferToThread(client)
-        try:
-            proto = await self.accepted(factory)
-            handle = proto.transport.getHandle()
-            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
-            self.assertEqual(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
-            proto.transport.loseConnection()
-            await proto.done
         finally:
             closeNow.set()
             await d
