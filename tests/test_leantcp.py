@@ -1211,7 +1211,7 @@ class ConnectorTests(LeanTestCase):
         of their own, and one that connects leaves it.
         """
         clock = Clock()
-        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 30.0, _fastpath._connectTimedOut)
+        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 30.0, LeanConnector._timedOut)
         onReactor = ClockedReactor(clock)
         _, port = await startEcho(self)
         connected = RecordingClientFactory()
@@ -1242,7 +1242,7 @@ class ConnectorTests(LeanTestCase):
     async def test_sharedTimeoutOtherLength(self) -> None:
         """A shared timer of another length is not used: the attempt's own timeout holds."""
         clock = Clock()
-        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 99.0, _fastpath._connectTimedOut)
+        deadlines: Deadlines[LeanConnector] = Deadlines(clock, 99.0, LeanConnector._timedOut)
         factory = RecordingClientFactory()
         self.connect(
             LOOPBACK4,

@@ -95,10 +95,6 @@ _leanPortAvailable = (
 _MAX_CONNECT_TIMERS = 8
 
 
-def _connectTimedOut(connector: LeanConnector) -> None:
-    connector._timedOut()
-
-
 class _LeanPort(tcp.Port):
     """
     A TCP listening port whose accepted connections are lean transports,
@@ -183,7 +179,7 @@ if epollreactor is not None:
             if deadlines is None:
                 if len(timers) >= _MAX_CONNECT_TIMERS:
                     return None  # Callers with ever new timeouts: a DelayedCall each.
-                deadlines = timers[timeout] = Deadlines(self, timeout, _connectTimedOut)
+                deadlines = timers[timeout] = Deadlines(self, timeout, LeanConnector._timedOut)
             return deadlines
 
         def _addReaderAndWriter(self, selectable: Any) -> None:

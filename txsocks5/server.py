@@ -119,7 +119,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._bindListener: BindListener | None = None
         self._holding = False  # Reading (and keeping) bytes while a wait goes on.
         self._timer: IDelayedCall | None = None
-        self._negotiationDeadlines: Deadlines[SOCKS5ServerProtocol] | None = None
+        self._negotiationTimer: Deadlines[SOCKS5ServerProtocol] | None = None
         self._loginGuard: ThrottledCheckers | None = None
         self._access: AccessRequest | None = None
         self._paused = False
@@ -139,7 +139,7 @@ class SOCKS5ServerProtocol(Protocol):
         )
         deadlines = factory._negotiationDeadlines()
         if deadlines is not None:
-            self._negotiationDeadlines = deadlines
+            self._negotiationTimer = deadlines
             deadlines.start(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -610,7 +610,7 @@ class SOCKS5ServerProtocol(Protocol):
             self._timer = self.factory.clock.callLater(seconds, self._deadlinePassed, outcome)
 
     def _cancelDeadline(self) -> None:
-        deadlines, self._negotiationDeadlines = self._negotiationDeadlines, None
+        deadlines, self._negotiationTimer = self._negotiationTimer, None
         if deadlines is not None:
             deadlines.cancel(self)
         timer, self._timer = self._timer, None
@@ -618,7 +618,7 @@ class SOCKS5ServerProtocol(Protocol):
             timer.cancel()
 
     def _negotiationTimedOut(self) -> None:
-        self._negotiationDeadlines = None
+        self._negotiationTimer = None
         self._deadlinePassed("negotiation timeout")
 
     def _deadlinePassed(self, outcome: str) -> None:
@@ -626,14 +626,6 @@ class SOCKS5ServerProtocol(Protocol):
         self.session.outcome = outcome
         self._step = None
         self.transport.abortConnection()  # type: ignore[union-attr]
-
-
-def _negotiationTimedOut(protocol: SOCKS5ServerProtocol) -> None:
-    protocol._negotiationTimedOut()
-
-
-def _finWaitTimedOut(relay: TCPRelay) -> None:
-    relay._finWaitTimedOut()
 
 
 def _describeAccess(access: AccessRequest) -> str:
@@ -799,14 +791,16 @@ class SOCKS5Factory(Factory):
         """The timer all negotiations share (C{negotiateTimeout}), or C{None} if they have none."""
         timers, timeout = self._negotiationTimers, self.negotiateTimeout
         if timeout and (timers is None or timers.timeout != timeout):
-            timers = self._negotiationTimers = Deadlines(self.clock, timeout, _negotiationTimedOut)
+            timers = self._negotiationTimers = Deadlines(
+                self.clock, timeout, SOCKS5ServerProtocol._negotiationTimedOut
+            )
         return timers if timeout else None
 
     def _finWaitDeadlines(self) -> Deadlines[TCPRelay] | None:
         """The timer half-closed tunnels share (C{finWaitTimeout}), or C{None} if they have none."""
         timers, timeout = self._finWaitTimers, self.finWaitTimeout
         if timeout and (timers is None or timers.timeout != timeout):
-            timers = self._finWaitTimers = Deadlines(self.clock, timeout, _finWaitTimedOut)
+            timers = self._finWaitTimers = Deadlines(self.clock, timeout, TCPRelay._finWaitTimedOut)
         return timers if timeout else None
 
     def admitAssociation(self, clientHost: str, user: str | None = None) -> str | None:
