@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from txsocks5.deadlines import Deadlines
+from txsocks5.deadlines import Deadlines, DeadlinesByLength
 
 
 class DeadlinesTests(SynchronousTestCase):
@@ -109,3 +109,23 @@ class DeadlinesTests(SynchronousTestCase):
     def test_positiveTimeout(self) -> None:
         for timeout in (0, -1.0):
             self.assertRaises(ValueError, Deadlines, self.clock, timeout, self.expired.append)
+
+
+class DeadlinesByLengthTests(SynchronousTestCase):
+    """L{DeadlinesByLength}: one L{Deadlines} per timeout length, up to a limit."""
+
+    def test_onePerLength(self) -> None:
+        expired: list[str] = []
+        timers: DeadlinesByLength[str] = DeadlinesByLength(Clock(), expired.append, limit=2)
+        five = timers.get(5.0)
+        assert five is not None
+        self.assertEqual(five.timeout, 5.0)
+        self.assertIs(timers.get(5.0), five)
+        self.assertIsNotNone(timers.get(7.0))
+        self.assertIsNone(timers.get(9.0))  # Past the limit: the caller keeps its own timer.
+        self.assertIs(timers.get(5.0), five)
+
+    def test_noTimeout(self) -> None:
+        timers: DeadlinesByLength[str] = DeadlinesByLength(Clock(), lambda key: None)
+        for timeout in (None, 0, 0.0, -1.0):
+            self.assertIsNone(timers.get(timeout))

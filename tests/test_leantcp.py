@@ -60,7 +60,7 @@ from tests.support import (
 from tests.test_integration import assertLogClean, startEcho, watchLog
 from txsocks5 import _fastpath, _leantcp
 from txsocks5._leantcp import LeanClient, LeanConnector, LeanServer
-from txsocks5.deadlines import Deadlines
+from txsocks5.deadlines import Deadlines, DeadlinesByLength
 
 MiB = 1024 * 1024
 
@@ -317,6 +317,14 @@ class PublicOnlyReactor:
         return getattr(reactor, name)
 
 
+def sendThenHalfClose(address: tuple[str, int], data: bytes) -> bytes:
+    """Connect, send C{data}, send a FIN, and return what comes back before EOF."""
+    with connectTo(address) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return recvUntilClosed(sock)
+
+
 # -- the base test case ------------------------------------------------------
 
 
@@ -520,13 +528,8 @@ class ServerTests(LeanTestCase):
         self.assertIsInstance(port, _fastpath._LeanPort)
         address = listener.getsockname()
 
-        def client() -> bytes:
-            with connectTo(address) as sock:
-                sock.sendall(b"ping through an adopted port")
-                sock.shutdown(socket.SHUT_WR)
-                return recvUntilClosed(sock)
-
-        self.assertEqual(await deferToThread(client), b"ping through an adopted port")
+        answer = await deferToThread(sendThenHalfClose, address, b"ping through an adopted port")
+        self.assertEqual(answer, b"ping through an adopted port")
         proto = await self.accepted(factory)
         await proto.done
         self.assertIsInstance(proto.transport, _leantcp.TunedLeanServer)
@@ -691,13 +694,7 @@ class HalfCloseTests(LeanTestCase):
         """A protocol that is not half-closeable gets connectionLost() at the client's FIN."""
         factory, port = await self.serve(ServerProtocol)
 
-        def client() -> bytes:
-            with connectTo((LOOPBACK4, port)) as sock:
-                sock.sendall(b"last words")
-                sock.shutdown(socket.SHUT_WR)
-                return recvUntilClosed(sock)
-
-        self.assertEqual(await deferToThread(client), b"")
+        self.assertEqual(await deferToThread(sendThenHalfClose, (LOOPBACK4, port), b"last words"), b"")
         proto = await self.accepted(factory)
         await proto.done
         self.assertEqual(bytes(proto.received), b"last words")
@@ -1265,15 +1262,19 @@ class ConnectorTests(LeanTestCase):
         """
         if not isinstance(reactor, _fastpath.FastEPollReactor):
             raise SkipTest("runs on the fast reactor (trial --reactor=txsocks5)")
-        saved, reactor._leanConnectTimers = reactor._leanConnectTimers, {}  # Other tests' timeouts aside.
+        # Other tests' timeouts aside:
+        saved, reactor._leanConnectTimers = (
+            reactor._leanConnectTimers,
+            DeadlinesByLength(reactor, LeanConnector._timedOut),
+        )
         self.addCleanup(setattr, reactor, "_leanConnectTimers", saved)
         port = self.unansweredPort()
         connectors = []
-        for timeout in (17.0, 17.0, *(100.0 + i for i in range(_fastpath._MAX_CONNECT_TIMERS))):
+        for timeout in (17.0, 17.0, *(100.0 + i for i in range(8))):  # 9 lengths: one too many
             connector = reactor.connectTCP(LOOPBACK4, port, RecordingClientFactory(), timeout=timeout)
             self.addCleanup(connector.stopConnecting)
             connectors.append(connector)
-        shared = reactor._leanConnectTimers[17.0]
+        shared = reactor._leanConnectTimers.get(17.0)
         self.assertIs(connectors[0]._deadlines, shared)
         self.assertIs(connectors[1]._deadlines, shared)
         self.assertEqual(len(shared), 2)

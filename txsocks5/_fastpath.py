@@ -39,7 +39,7 @@ from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
 from txsocks5._leantcp import LeanConnector, TunedLeanServer, tuneListeningSocket
-from txsocks5.deadlines import Deadlines
+from txsocks5.deadlines import DeadlinesByLength
 
 __all__ = [
     "FastEPollReactor",
@@ -91,10 +91,6 @@ _leanPortAvailable = (
 )
 
 
-#: How many different connect timeouts get a shared timer each.
-_MAX_CONNECT_TIMERS = 8
-
-
 class _LeanPort(tcp.Port):
     """
     A TCP listening port whose accepted connections are lean transports,
@@ -131,7 +127,10 @@ if epollreactor is not None:
 
         def __init__(self) -> None:
             super().__init__()
-            self._leanConnectTimers: dict[float, Deadlines[LeanConnector]] = {}
+            # Timers lean connection attempts share, one per connect timeout.
+            self._leanConnectTimers: DeadlinesByLength[LeanConnector] = DeadlinesByLength(
+                self, LeanConnector._timedOut
+            )
 
         def listenTCP(
             self,
@@ -165,22 +164,10 @@ if epollreactor is not None:
             if not (isIPAddress(host) or isIPv6Address(host)):
                 return super().connectTCP(host, port, factory, timeout, bindAddress)
             connector = LeanConnector(
-                self, host, port, factory, timeout, bindAddress, self._connectDeadlines(timeout)
+                self, host, port, factory, timeout, bindAddress, self._leanConnectTimers.get(timeout)
             )
             connector.connect()
             return connector
-
-        def _connectDeadlines(self, timeout: float) -> Deadlines[LeanConnector] | None:
-            """The timer shared by lean connection attempts with this C{timeout}, if any."""
-            if not timeout or timeout <= 0:
-                return None
-            timers = self._leanConnectTimers
-            deadlines = timers.get(timeout)
-            if deadlines is None:
-                if len(timers) >= _MAX_CONNECT_TIMERS:
-                    return None  # Callers with ever new timeouts: a DelayedCall each.
-                deadlines = timers[timeout] = Deadlines(self, timeout, LeanConnector._timedOut)
-            return deadlines
 
         def _addReaderAndWriter(self, selectable: Any) -> None:
             """Watch C{selectable} for reading and writing with one C{epoll_ctl}."""

@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["Deadlines"]
+__all__ = ["Deadlines", "DeadlinesByLength"]
 
 log = Logger()
 
@@ -87,3 +87,27 @@ class Deadlines(Generic[K]):
                     log.failure("Error handling an expired timeout of {key!r}", key=key)
         finally:
             self._firing = False
+
+
+class DeadlinesByLength(Generic[K]):
+    """
+    One L{Deadlines} per timeout length, made when first asked for, for
+    callers whose timeout is a setting that may change (or that each name
+    their own).  At most C{limit} lengths get one; past that, L{get} says
+    C{None} and the caller keeps a C{DelayedCall} of its own.
+    """
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[K], object], limit: int = 8) -> None:
+        self._clock = clock
+        self._expired = expired
+        self._limit = limit
+        self._byLength: dict[float, Deadlines[K]] = {}
+
+    def get(self, timeout: float | None) -> Deadlines[K] | None:
+        """The L{Deadlines} for C{timeout} seconds, or C{None} (no timeout, or too many lengths)."""
+        if not timeout or timeout <= 0:
+            return None
+        deadlines = self._byLength.get(timeout)
+        if deadlines is None and len(self._byLength) < self._limit:
+            deadlines = self._byLength[timeout] = Deadlines(self._clock, timeout, self._expired)
+        return deadlines

@@ -262,8 +262,6 @@ class TCPRelay:
 
     def _finWaitTimedOut(self) -> None:
         self._finWaitCall = None
-        if self._finWaitDeadlines is not None:
-            self._finWaitDeadlines.cancel(self)
         self._abort("fin-wait timeout")
 
     def _abort(self, reason: str) -> None:

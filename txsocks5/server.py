@@ -37,7 +37,7 @@ from txsocks5._fastpath import canWriteDirectly, writeDirectly
 from txsocks5.accounting import Counters, Session, logSession
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.bind import BindListener, PeerCheck
-from txsocks5.deadlines import Deadlines
+from txsocks5.deadlines import Deadlines, DeadlinesByLength
 from txsocks5.interfaces import (
     AccessRequest,
     AddressNotAllowed,
@@ -137,7 +137,7 @@ class SOCKS5ServerProtocol(Protocol):
             client=describeAddress(self.transport.getPeer()),  # type: ignore[union-attr]
             started=factory.clock.seconds(),
         )
-        deadlines = factory._negotiationDeadlines()
+        deadlines = factory._negotiationTimers.get(factory.negotiateTimeout)
         if deadlines is not None:
             self._negotiationTimer = deadlines
             deadlines.start(self)
@@ -503,7 +503,7 @@ class SOCKS5ServerProtocol(Protocol):
             factory.clock,
             idleTimeout=factory.idleTimeout,
             finWaitTimeout=factory.finWaitTimeout,
-            finWaitDeadlines=factory._finWaitDeadlines(),
+            finWaitDeadlines=factory._finWaitTimers.get(factory.finWaitTimeout),
         )
         self._relay = relay
         pending, self._buffer = self._buffer, b""
@@ -784,24 +784,13 @@ class SOCKS5Factory(Factory):
         self._userAssociations: dict[str, int] = {}
         self._perClient: dict[str | None, int] = {}
         self._refusals = LogThrottle(reactor)
-        self._negotiationTimers: Deadlines[SOCKS5ServerProtocol] | None = None
-        self._finWaitTimers: Deadlines[TCPRelay] | None = None
-
-    def _negotiationDeadlines(self) -> Deadlines[SOCKS5ServerProtocol] | None:
-        """The timer all negotiations share (C{negotiateTimeout}), or C{None} if they have none."""
-        timers, timeout = self._negotiationTimers, self.negotiateTimeout
-        if timeout and (timers is None or timers.timeout != timeout):
-            timers = self._negotiationTimers = Deadlines(
-                self.clock, timeout, SOCKS5ServerProtocol._negotiationTimedOut
-            )
-        return timers if timeout else None
-
-    def _finWaitDeadlines(self) -> Deadlines[TCPRelay] | None:
-        """The timer half-closed tunnels share (C{finWaitTimeout}), or C{None} if they have none."""
-        timers, timeout = self._finWaitTimers, self.finWaitTimeout
-        if timeout and (timers is None or timers.timeout != timeout):
-            timers = self._finWaitTimers = Deadlines(self.clock, timeout, TCPRelay._finWaitTimedOut)
-        return timers if timeout else None
+        # Timers the clients' negotiations, and half-closed tunnels, share.
+        self._negotiationTimers: DeadlinesByLength[SOCKS5ServerProtocol] = DeadlinesByLength(
+            reactor, SOCKS5ServerProtocol._negotiationTimedOut
+        )
+        self._finWaitTimers: DeadlinesByLength[TCPRelay] = DeadlinesByLength(
+            reactor, TCPRelay._finWaitTimedOut
+        )
 
     def admitAssociation(self, clientHost: str, user: str | None = None) -> str | None:
         """
