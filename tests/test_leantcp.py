@@ -33,6 +33,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
@@ -1413,3 +1414,104 @@ class ConnectorTests(LeanTestCase):
         proto = factory.protocols[0]
         await waitFor(lambda: proto.received == b"hello at once", limit=2.0, what="the echo")
         await self.closeAndCheck(connector, proto)
+
+
+@implementer(IHalfCloseableProtocol)
+class ForwardingProtocol(ServerProtocol):
+    """
+    Passes each read straight to C{peer}'s transport, as a relay does, and
+    closes it after the FIN; notes the types of what it was handed and the
+    most the peer's transport held back.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer: Any = None
+        self.types: set[type] = set()
+        self.mostPending = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.types.add(type(data))
+        peerTransport = self.peer.transport
+        peerTransport.write(data)
+        self.mostPending = max(self.mostPending, peerTransport._pendingSize)
+
+    def readConnectionLost(self) -> None:
+        self.peer.transport.unregisterProducer()
+        self.peer.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class LendingTests(LeanTestCase):
+    """Reads lent from the shared buffer (L{_leantcp.lendReadsTo})."""
+
+    async def test_relayedToSlowReader(self) -> None:
+        """
+        16 MiB relayed from a lending connection to a reader that
+        starts late and reads slowly arrive intact: the protocol is handed
+        memoryviews, and what the slow side's transport keeps is its own
+        copy, not the buffer the next read reuses.
+        """
+        size = 16 * MiB
+        data = pattern(size, seed=8)
+        factory, port = await self.serve(ForwardingProtocol)
+        sink = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sink.close)
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sink.bind((LOOPBACK4, 0))
+        sink.listen(1)
+        sink.settimeout(SOCKET_TIMEOUT)
+        sendNow = threading.Event()
+
+        def sender() -> None:
+            with connectTo((LOOPBACK4, port)) as sock:
+                waitEvent(sendNow, "sending")
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+
+        def slowReader() -> bytes:
+            conn, _ = sink.accept()
+            with conn:
+                conn.settimeout(SOCKET_TIMEOUT)
+                waitEvent(sendNow, "sending")
+                time.sleep(0.3)  # let the relay's writes fill the socket first
+                received = bytearray()
+                for _ in range(size // 4096 + 100):  # 4 KiB a read at least
+                    chunk = conn.recv(16 * 1024)
+                    if not chunk:
+                        break
+                    received += chunk
+                return bytes(received)
+
+        sent = deferToThread(sender)
+        read = deferToThread(slowReader)
+        try:
+            inbound = await self.accepted(factory)
+            outbound = RecordingClientFactory()
+            self.connect(LOOPBACK4, sink.getsockname()[1], outbound)
+            await waitFor(lambda: bool(outbound.protocols), what="the connection to the reader")
+            peer = outbound.protocols[0]
+            await peer.made
+            inbound.peer = peer
+            self.assertTrue(_leantcp.lendReadsTo(inbound.transport, peer.transport))
+            peer.transport.registerProducer(inbound.transport, True)  # type: ignore[union-attr]
+        finally:
+            sendNow.set()
+        received = await read
+        await sent
+        self.assertEqual((len(received), sha(received)), (size, sha(data)))
+        self.assertEqual(inbound.types, {memoryview})
+        self.assertGreater(inbound.mostPending, 0, "the reader was never slower than the relay")
+        await peer.done
+        inbound.transport.loseConnection()
+        await inbound.done
+
+    def test_onlyBetweenLeanConnections(self) -> None:
+        """A lean connection lends its reads only to another lean connection."""
+        lean = _leantcp.LeanConnection(socket.socket(), None, reactor)
+        self.addCleanup(lean.socket.close)  # type: ignore[union-attr]
+        self.assertFalse(_leantcp.lendReadsTo(lean, StringTransport()))
+        self.assertFalse(_leantcp.lendReadsTo(StringTransport(), lean))
+        self.assertIsNone(lean._lentInto)

@@ -21,7 +21,11 @@ the same work more directly:
     and writing with one registration;
   - a connection accepted by a listening socket that had TCP_NODELAY and
     SO_KEEPALIVE on (L{tuneListeningSocket}) has them already (Linux
-    passes them on), so a relay setting them again costs no system call.
+    passes them on), so a relay setting them again costs no system call;
+  - a relay can have a lean connection that writes to another lend its
+    reads (L{lendReadsTo}): each read goes into one buffer that all lending
+    connections share and reaches the protocol as a C{memoryview}, so bulk
+    relaying allocates nothing per read and can read more at once.
 
 They use only the reactor's public L{IReactorFDSet} and L{IReactorTime}
 interfaces.  L{txsocks5._fastpath.FastEPollReactor} uses them for plain TCP
@@ -64,6 +68,8 @@ __all__ = [
     "TunedLeanServer",
     "LeanClient",
     "LeanConnector",
+    "LENT_READ_SIZE",
+    "lendReadsTo",
     "tuneListeningSocket",
 ]
 
@@ -82,6 +88,39 @@ _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINT
 
 #: C{socket()} flag for a socket that is non-blocking from the start (Linux).
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+#: Bytes a connection that lends its reads reads at once.  One tunnel's bulk
+#: relaying went from 1,430 MB/s down and 1,462 up (128 KiB read into a new
+#: C{bytes} each time) to 1,588 and 1,579 (256 KiB into the shared buffer);
+#: 512 KiB was no faster.  Without the allocation, bigger reads no longer
+#: pay for glibc's mmap threshold.
+LENT_READ_SIZE = 256 * 1024
+
+#: The buffer every lending connection reads into, made on first use.  A
+#: reactor runs in one thread and a read is passed on before the next one,
+#: so one buffer serves them all.
+_lentBuffer: memoryview | None = None
+
+
+def _sharedReadBuffer() -> memoryview:
+    """The buffer that lending connections read into."""
+    global _lentBuffer
+    if _lentBuffer is None:
+        _lentBuffer = memoryview(bytearray(LENT_READ_SIZE))
+    return _lentBuffer
+
+
+def lendReadsTo(reader: object, writer: object) -> bool:
+    """
+    Have C{reader} lend its reads (L{LeanConnection.lendReads}) if it and
+    C{writer} are both lean, so that what C{writer.write} keeps of them is
+    copied; return whether it does.  For a relay whose protocol passes each
+    of C{reader}'s reads straight to C{writer}.
+    """
+    if isinstance(reader, LeanConnection) and isinstance(writer, LeanConnection):
+        reader.lendReads()
+        return True
+    return False
 
 
 def tuneListeningSocket(skt: socket.socket) -> None:
@@ -136,6 +175,7 @@ class LeanConnection:
     _writeEnded = False
     _aborting = False
     _pendingSize = 0
+    _lentInto: memoryview | None = None
     _host: address.IPv4Address | address.IPv6Address | None = None
     # TCP_NODELAY and SO_KEEPALIVE as last set here (or passed on by the
     # listening socket), or None if not known: setting them again is free.
@@ -162,8 +202,12 @@ class LeanConnection:
         exception (which the reactor reports as the connection's end) if
         the connection is over.
         """
+        lentInto = self._lentInto
         try:
-            data = self.socket.recv(self.bufferSize)  # type: ignore[union-attr]
+            if lentInto is None:
+                data = self.socket.recv(self.bufferSize)  # type: ignore[union-attr]
+            else:
+                data = lentInto[: self.socket.recv_into(lentInto)]  # type: ignore[union-attr]
         except OSError as e:
             if e.errno in _WOULD_BLOCK:
                 return None
@@ -172,6 +216,16 @@ class LeanConnection:
             self.protocol.dataReceived(data)
             return None
         return main.CONNECTION_DONE
+
+    def lendReads(self) -> None:
+        """
+        From now on, read up to L{LENT_READ_SIZE} at once into a buffer
+        shared by every lending connection, and hand the protocol a
+        C{memoryview} of it that is valid only until C{dataReceived}
+        returns: for a protocol that passes each read straight on, to a
+        C{write} that copies what it keeps (as this class's does).
+        """
+        self._lentInto = _sharedReadBuffer()
 
     def doWrite(self) -> Any:
         """
@@ -294,6 +348,8 @@ class LeanConnection:
                 return
             if sent:
                 data = data[sent:]
+        if type(data) is memoryview:
+            data = data.tobytes()  # It may be a lent read, whose buffer is reused.
         self._pending.append(data)
         self._pendingSize += len(data)
         producer = self.producer

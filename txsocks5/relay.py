@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, shutdownWriteDirectly, writeDirectly, writePublicly
+from txsocks5._leantcp import lendReadsTo
 from txsocks5.deadlines import Deadlines
 from txsocks5.interfaces import IConnectingFactory
 
@@ -41,17 +42,23 @@ __all__ = ["TCPRelay", "TargetProtocol", "TargetFactory", "READ_SIZE", "FIRST_RE
 #: sessions about 15% of handshake rate, so a side reads this much only once
 #: a read has filled Twisted's default (L{FIRST_READ_SIZE}).  A Twisted
 #: transport also pauses its producer once this much waits to be written,
-#: so it bounds what a slow reader holds up too.
+#: so it bounds what a slow reader holds up too.  (A lean connection
+#: relaying to another instead reads L{txsocks5._leantcp.LENT_READ_SIZE}
+#: at once into a buffer they all share.)
 READ_SIZE = 128 * 1024
 
 #: Twisted's own read size, which every tunnel starts with.
 FIRST_READ_SIZE = 64 * 1024
 
 
-def _readMore(transport: ITransport) -> None:
-    """A side whose read filled the first read size is bulk: read more at once."""
+def _readMore(transport: ITransport, peer: ITransport) -> None:
+    """
+    A side whose read filled the first read size is bulk: read more at
+    once, into the shared buffer if it can lend its reads to C{peer}.
+    """
     if getattr(transport, "bufferSize", None) == FIRST_READ_SIZE:
         transport.bufferSize = READ_SIZE  # type: ignore[attr-defined]
+        lendReadsTo(transport, peer)
 
 
 def _tuneSocket(transport: ITransport) -> None:
@@ -174,7 +181,7 @@ class TCPRelay:
         size = len(data)
         self.bytesUp += size
         if size == FIRST_READ_SIZE:
-            _readMore(self.client)
+            _readMore(self.client, self.target)
         self._writeTarget(self.target, data)
 
     def targetData(self, data: bytes) -> None:
@@ -182,7 +189,7 @@ class TCPRelay:
         size = len(data)
         self.bytesDown += size
         if size == FIRST_READ_SIZE:
-            _readMore(self.target)
+            _readMore(self.target, self.client)
         self._writeClient(self.client, data)
 
     def clientReadClosed(self) -> None:
