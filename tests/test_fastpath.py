@@ -6,6 +6,7 @@ both they and the public paths they replace carry data right.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
@@ -16,6 +17,7 @@ from tests import test_integration as integration
 from tests.support import IntegrationTestCase, needsIPv6, socksConnect, startTwistd
 from tests.test_integration import echoRoundTrip, startEcho
 from txsocks5 import _fastpath
+from txsocks5.busypoll import BusyPolling
 
 
 class AvailabilityTests(SynchronousTestCase):
@@ -40,8 +42,10 @@ class AvailabilityTests(SynchronousTestCase):
 class TwistdReactorTests(IntegrationTestCase):
     """CONNECT through twistd on the fast reactor and on the stock one."""
 
-    async def serveThrough(self, *twistdArgs: str) -> bytes:
-        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", twistdArgs=twistdArgs)
+    async def serveThrough(self, *twistdArgs: str, socks5Args: tuple[str, ...] = ()) -> bytes:
+        child = await startTwistd(
+            self, "--port", "tcp:0:interface=127.0.0.1", *socks5Args, twistdArgs=twistdArgs
+        )
         port = await child.listening
         _, targetPort = await startEcho(self)
 
@@ -63,6 +67,53 @@ class TwistdReactorTests(IntegrationTestCase):
         """twistd --reactor=epoll keeps Twisted's own reactor, and it works as well."""
         output = await self.serveThrough("--reactor=epoll")
         self.assertIn(b"reactor class: twisted.internet.epollreactor.EPollReactor", output)
+
+    async def test_busyPoll(self) -> None:
+        """With --busy-poll, the fast reactor says it polls busily, and serves."""
+        if not _fastpath.fastReactorAvailable():
+            raise SkipTest("the fast reactor is not used with this Twisted")
+        output = await self.serveThrough(socks5Args=("--busy-poll", "100"))
+        self.assertIn("Polling for up to 100 µs before each wait for events".encode(), output)
+
+    async def test_busyPollNeedsFastReactor(self) -> None:
+        """On another reactor, --busy-poll is ignored with a warning."""
+        output = await self.serveThrough("--reactor=epoll", socks5Args=("--busy-poll", "100"))
+        self.assertIn(b"--busy-poll needs txsocks5's reactor, not EPollReactor: not polling busily", output)
+
+
+class BusyPollingReactorTests(SynchronousTestCase):
+    """FastEPollReactor.setBusyPolling: the reactor's polls go through a BusyPolling."""
+
+    def setUp(self) -> None:
+        if not _fastpath.fastReactorAvailable():
+            raise SkipTest("the fast reactor is not used with this Twisted")
+        self.reactor = _fastpath.FastEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
+
+    def test_setAndUnset(self) -> None:
+        self.assertIsNone(self.reactor._busyPolling)
+        self.reactor.setBusyPolling(100e-6)
+        busy = self.reactor._busyPolling
+        assert busy is not None
+        self.assertEqual(busy.limit, 100_000)
+        self.reactor.setBusyPolling(0)
+        self.assertIsNone(self.reactor._busyPolling)
+
+    def test_pollsThroughIt(self) -> None:
+        """doPoll asks the BusyPolling, with the reactor's epoll object and timeout."""
+        calls = []
+
+        class Recording(BusyPolling):
+            def poll(self, poller: Any, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+                calls.append((poller, timeout))
+                return super().poll(poller, timeout, maxevents)
+
+        self.reactor._busyPolling = Recording(100e-6)
+        self.reactor.doPoll(0.001)
+        self.reactor.wakeUp()  # Something to find: else a wait without a timeout never ends.
+        self.reactor.doPoll(None)
+        self.assertEqual(calls, [(self.reactor._poller, 0.001), (self.reactor._poller, -1)])
 
 
 class FastConnectTests(IntegrationTestCase):

@@ -29,6 +29,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([m.name for m in options["methods"]], ["none"])
         self.assertEqual(options["negotiate-timeout"], 30.0)
         self.assertEqual(options["idle-timeout"], 0.0)
+        self.assertEqual(options["busy-poll"], 0.0)
 
     def test_barePort(self) -> None:
         self.assertEqual(portDescription("1081"), "tcp:1081:interface=127.0.0.1:backlog=1024")
@@ -76,6 +77,9 @@ class OptionsTests(SynchronousTestCase):
             ["--udp-advertise", "proxy.example"],
             ["--bind-check", "strict"],
             ["--bind-port-range", "5-1"],
+            ["--busy-poll", "-1"],
+            ["--busy-poll", "2000000"],
+            ["--busy-poll", "nan"],
         ):
             self.assertRaises(UsageError, parse, *args)
 

@@ -14,6 +14,7 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   for C{--workers} and systemd sockets, and C{connectTCP} to an IP literal)
   use the lean transports of L{txsocks5._leantcp}: about 12% less CPU per
   short SOCKS5 session than Twisted's C{tcp.Server} and C{tcp.Client}.
+  It can also poll busily (C{setBusyPolling}, L{txsocks5.busypoll}).
 - L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
@@ -39,6 +40,7 @@ from twisted.internet.interfaces import ITransport
 from twisted.python.log import err
 
 from txsocks5._leantcp import LeanConnector, TunedLeanServer, tuneListeningSocket
+from txsocks5.busypoll import BusyPolling
 from txsocks5.deadlines import DeadlinesByLength
 
 __all__ = [
@@ -131,6 +133,14 @@ if epollreactor is not None:
             self._leanConnectTimers: DeadlinesByLength[LeanConnector] = DeadlinesByLength(
                 self, LeanConnector._timedOut
             )
+            self._busyPolling: BusyPolling | None = None
+
+        def setBusyPolling(self, limit: float) -> None:
+            """
+            Poll without sleeping for up to C{limit} seconds before waiting
+            for events (see L{txsocks5.busypoll}); 0 turns it off.
+            """
+            self._busyPolling = BusyPolling(limit) if limit > 0 else None
 
         def listenTCP(
             self,
@@ -185,8 +195,12 @@ if epollreactor is not None:
             """Poll for events and dispatch each to its selectable."""
             if timeout is None:
                 timeout = -1  # Wait indefinitely.
+            busy = self._busyPolling
             try:
-                events = self._poller.poll(timeout, len(self._selectables))
+                if busy is None:
+                    events = self._poller.poll(timeout, len(self._selectables))
+                else:
+                    events = busy.poll(self._poller, timeout, len(self._selectables))
             except OSError as e:
                 if e.errno == errno.EINTR:
                     return

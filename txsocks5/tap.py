@@ -27,9 +27,10 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 
-from txsocks5._fastpath import installFastReactor
+from txsocks5._fastpath import FastEPollReactor, installFastReactor
 from txsocks5.accepting import raiseFileLimit
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
@@ -42,6 +43,8 @@ from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
 __all__ = ["Options", "makeService", "portDescription"]
 
 DEFAULT_PORT = "1080"
+
+log = Logger()
 
 
 #: The listen queue asked for when a description does not say: Twisted's
@@ -88,6 +91,13 @@ def _positiveSeconds(value: str) -> float:
     return seconds
 
 
+def _microseconds(value: str) -> float:
+    microseconds = float(value)
+    if not 0 <= microseconds <= 1_000_000:
+        raise ValueError(f"not a number of microseconds (0 to 1000000): {value!r}")
+    return microseconds
+
+
 def _workerCount(value: str) -> int:
     count = int(value)
     if not 1 <= count <= 256:
@@ -111,6 +121,7 @@ def _portRange(value: str) -> tuple[int, int]:
 _seconds.coerceDoc = "Seconds; 0 turns it off."  # type: ignore[attr-defined]
 _positiveSeconds.coerceDoc = "Seconds."  # type: ignore[attr-defined]
 _count.coerceDoc = "0 means no limit."  # type: ignore[attr-defined]
+_microseconds.coerceDoc = "Microseconds; 0 turns it off."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -166,6 +177,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             1,
             "Processes serving the (TCP) ports; each serves its clients fully.",
             _workerCount,
+        ],
+        [
+            "busy-poll",
+            None,
+            0.0,
+            "Poll for up to this long without sleeping before waiting for events, while events come "
+            "that soon: lower latency (on a VM, half) for more CPU time. Needs txsocks5's reactor.",
+            _microseconds,
         ],
     ]
     compData = usage.Completions(optActions={"bind-check": usage.CompleteList(PeerCheck.ALL)})
@@ -367,6 +386,18 @@ def makeService(options: Options | dict[str, Any]) -> IService:
         return pool
     if options.get("inherited"):
         WorkerLifetime(reactor).start()
+    busyPoll = options.get("busy-poll", 0.0)
+    if busyPoll:
+        if FastEPollReactor is not None and isinstance(reactor, FastEPollReactor):
+            reactor.setBusyPolling(busyPoll / 1e6)
+            log.info(
+                "Polling for up to {microseconds:g} µs before each wait for events", microseconds=busyPoll
+            )
+        else:
+            log.warn(
+                "--busy-poll needs txsocks5's reactor, not {reactor}: not polling busily",
+                reactor=type(reactor).__name__,
+            )
 
     factory = SOCKS5Factory(
         authenticators=options["methods"],
