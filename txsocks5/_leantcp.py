@@ -22,10 +22,11 @@ the same work more directly:
   - a connection accepted by a listening socket that had TCP_NODELAY and
     SO_KEEPALIVE on (L{tuneListeningSocket}) has them already (Linux
     passes them on), so a relay setting them again costs no system call;
-  - a relay can have a lean connection that writes to another lend its
-    reads (L{lendReadsTo}): each read goes into one buffer that all lending
-    connections share and reaches the protocol as a C{memoryview}, so bulk
-    relaying allocates nothing per read and can read more at once.
+  - a relay that passes what one lean connection reads to another can have
+    it lend its reads (L{lendReadsTo}): each read goes into one buffer that
+    all lending connections share and reaches the protocol as a
+    C{memoryview}, so bulk relaying allocates nothing per read and can read
+    more at once.
 
 They use only the reactor's public L{IReactorFDSet} and L{IReactorTime}
 interfaces.  L{txsocks5._fastpath.FastEPollReactor} uses them for plain TCP
@@ -154,8 +155,9 @@ class LeanConnection:
     A connected TCP socket's transport, driven by a reactor's
     L{IReactorFDSet}.
 
-    @ivar bufferSize: bytes read at once, and how much may wait to be
-        written before a streaming producer is paused.
+    @ivar bufferSize: bytes read at once (unless the reads are lent: see
+        L{lendReads}), and how much may wait to be written before a
+        streaming producer is paused.
     @ivar connected: whether the connection is still open.
     @ivar disconnecting: whether C{loseConnection} was called.
     """
