@@ -1441,7 +1441,7 @@ class ForwardingProtocol(ServerProtocol):
         self.peer.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self.events.append("writeConnectionLost")
 
 
 class LendingTests(LeanTestCase):
