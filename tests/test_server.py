@@ -306,6 +306,20 @@ class TimeoutTests(ServerTestCase):
         self.clock.advance(100)
         self.assertFalse(transport.aborted)
 
+    def test_manyTimeoutLengths(self) -> None:
+        """
+        Past the timeout lengths that get a shared timer, a client still
+        gets its negotiation timeout (its own timer).
+        """
+        factory = self.makeFactory(negotiateTimeout=5)
+        for seconds in range(1, 11):
+            factory.negotiateTimeout = seconds
+            protocol, transport = self.connect(factory)
+            self.clock.advance(seconds - 0.1)
+            self.assertFalse(transport.aborted, seconds)
+            self.clock.advance(0.2)
+            self.assertTrue(transport.aborted, seconds)
+
 
 class AuthenticationTests(ServerTestCase):
     """RFC 1929 username/password through twisted.cred checkers."""

@@ -141,6 +141,8 @@ class SOCKS5ServerProtocol(Protocol):
         if deadlines is not None:
             self._negotiationTimer = deadlines
             deadlines.start(self)
+        else:  # No timeout, or more timeout lengths than are shared.
+            self._setDeadline(factory.negotiateTimeout, "negotiation timeout")
 
     def dataReceived(self, data: bytes) -> None:
         relay = self._relay
