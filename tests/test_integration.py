@@ -11,6 +11,7 @@ Only 127.0.0.1 and ::1 are used, and names are resolved by a fake resolver
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import hashlib
 import random
@@ -1186,6 +1187,37 @@ class TwistdTests(IntegrationTestCase):
         self.assertEqual(await deferToThread(client), b"ping through the tunnel")
         await sleep(0.3)  # Time for a session line, if one were coming.
         self.assertNotIn(b"session ", bytes(child.output))
+
+    async def test_sessionLogBatchedUntilShutdown(self) -> None:
+        """
+        --session-log-delay: a finished session waits to be logged (here
+        longer than the test), and is logged when SIGTERM stops twistd,
+        stamped with the time it ended.
+        """
+        child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", "--session-log-delay", "3600")
+        proxy = (LOOPBACK4, await child.listening)
+        _, port = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(proxy, LOOPBACK4, port)
+            with sock:
+                return echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        ended = time.time()
+        await sleep(0.3)
+        self.assertNotIn(b"session succeeded", bytes(child.output))
+        await sleep(2.5)  # A line stamped when it was written would be 2.8 s late.
+        child.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        [reason] = await child.ended.addTimeout(15, reactor)
+        self.assertTrue(processExitedCleanly(reason), f"{reason!r}\n{bytes(child.output).decode()}")
+        output = bytes(child.output).decode()
+        [line] = [line for line in output.splitlines() if "session succeeded" in line]
+        self.assertIn(f"destination=127.0.0.1:{port}", line)
+        stamp = line.split(" [", 1)[0]
+        logged = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        self.assertLess(abs(logged - ended), 1.5, f"stamped {stamp}, ended at {ended}")
+        self.assertLess(output.index("session succeeded"), output.index("Server Shut Down."))
 
     async def test_curlThroughTwistdThenSIGTERM(self) -> None:
         """curl through a twistd child; then SIGTERM makes it exit."""

@@ -195,6 +195,9 @@ class MakeServiceTests(SynchronousTestCase):
         defaults = factoryOf(parse())
         self.assertTrue(defaults.logSessions)
         self.assertFalse(factoryOf(parse("--no-session-log")).logSessions)
+        self.assertEqual(defaults.sessionLog.delay, 0.1)
+        self.assertEqual(factoryOf(parse("--session-log-delay", "0")).sessionLog.delay, 0)
+        self.assertEqual(factoryOf(parse("--session-log-delay", "2.5")).sessionLog.delay, 2.5)
         self.assertIsNone(defaults.maxConnectionsPerClient)
         self.assertEqual((defaults.loginThrottle.maxFailures, defaults.loginThrottle.lockout), (5, 60))
 

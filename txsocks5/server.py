@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from txsocks5 import wire
 from txsocks5._fastpath import canWriteDirectly, writeDirectly
-from txsocks5.accounting import Counters, Session, logSession
+from txsocks5.accounting import Counters, Session, SessionLog
 from txsocks5.auth import NoAuthentication, checkersForRFC1929
 from txsocks5.bind import BindListener, PeerCheck
 from txsocks5.deadlines import Deadlines, DeadlinesByLength
@@ -209,7 +209,7 @@ class SOCKS5ServerProtocol(Protocol):
         factory.clientLeft(self.clientHost)
         factory.counters.record(session)
         if factory.logSessions:
-            logSession(session, factory.clock.seconds())
+            factory.sessionLog.log(session, factory.clock.seconds())
 
     # -- negotiation --------------------------------------------------------
 
@@ -711,8 +711,13 @@ class SOCKS5Factory(Factory):
     @param loginLockout: seconds the first such lockout lasts.
     @param logSessions: log one event per finished session (the counters
         are kept either way).
+    @param sessionLogDelay: log finished sessions in batches, each at most
+        this many seconds after it ended (see L{SessionLog}); 0 logs each
+        one as it ends.
 
     @ivar counters: totals for metrics (sessions, bytes, outcomes).
+    @ivar sessionLog: what logs finished sessions (L{SessionLog.flush} logs
+        those still waiting in a batch).
     @ivar loginThrottle: the failed-login bookkeeping.
     """
 
@@ -744,6 +749,7 @@ class SOCKS5Factory(Factory):
         maxLoginFailures: int = 5,
         loginLockout: float = 60.0,
         logSessions: bool = True,
+        sessionLogDelay: float = 0.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -781,6 +787,7 @@ class SOCKS5Factory(Factory):
         self.rules: IRuleSet = rules if rules is not None else RuleSet()
         self.loginThrottle = LoginThrottle(reactor, maxLoginFailures, loginLockout)
         self.logSessions = logSessions
+        self.sessionLog = SessionLog(reactor, sessionLogDelay)
         self.counters = Counters()
         self._associations: dict[str, int] = {}
         self._userAssociations: dict[str, int] = {}

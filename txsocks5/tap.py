@@ -179,6 +179,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             _workerCount,
         ],
         [
+            "session-log-delay",
+            None,
+            0.1,
+            "Log finished sessions in batches, each at most this many seconds after it ended "
+            "(cheaper per line); 0 logs each at once.",
+            _seconds,
+        ],
+        [
             "busy-poll",
             None,
             0.0,
@@ -422,6 +430,7 @@ def makeService(options: Options | dict[str, Any]) -> IService:
         maxLoginFailures=options["login-attempts"],
         loginLockout=options["login-lockout"],
         logSessions=not options.get("no-session-log"),
+        sessionLogDelay=options.get("session-log-delay", 0.0),
     )
     top = MultiService()
     reload = reloaders(factory.checkers)
