@@ -16,7 +16,9 @@ measures, through the proxy:
 * peak memory growth while a client reads a large download very slowly
   (backpressure),
 * UDP ASSOCIATE: datagram round trips per second through the relay, with a
-  window of datagrams in flight, counting losses.
+  window of datagrams in flight, counting losses,
+* start-up: seconds from starting the server until it serves a CONNECT
+  (only for a server the script starts).
 
 Standard library only, Linux only (it reads /proc).  All traffic goes to
 127.0.0.1.  See bench/README.md.
@@ -49,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -132,7 +135,7 @@ def is_loopback(host: str) -> bool:
         return host == "::1"
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
+def percentile(sorted_values: Sequence[float], p: float) -> float:
     """The C{p}-th percentile (nearest rank) of an already sorted list."""
     if not sorted_values:
         return float("nan")
@@ -313,8 +316,8 @@ def listener_pid(port: int) -> int | None:
         except OSError:
             continue
     for pid in owners:  # prefer the one whose parent does not hold the socket too
-        fields = _stat_fields(pid)
-        if fields is not None and int(fields[1]) not in owners:
+        stat = _stat_fields(pid)
+        if stat is not None and int(stat[1]) not in owners:
             return pid
     return min(owners) if owners else None
 
@@ -988,6 +991,7 @@ class ProxyProcess:
         self.port = 0
         self.log_path: Path | None = None
         self.starts = 0
+        self.ready_secs: float | None = None
 
     def command(self, port: int | None) -> list[str]:
         """The command line for C{port} (None: leave C{{port}}), with taskset in front if pinning."""
@@ -999,7 +1003,10 @@ class ProxyProcess:
         return cmd
 
     def start(self, target: tuple[str, int], timeout: float = 20.0) -> tuple[str, int]:
-        """Start a fresh instance on a new port; return its address once a probe passes."""
+        """
+        Start a fresh instance on a new port; return its address once a probe
+        passes, and set C{ready_secs} to how long that took.
+        """
         self.starts += 1
         self.port = free_port()
         self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
@@ -1012,6 +1019,8 @@ class ProxyProcess:
             def preexec() -> None:
                 os.sched_setaffinity(0, cpus)
 
+        self.ready_secs = None
+        started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(self.port),
@@ -1024,19 +1033,21 @@ class ProxyProcess:
                 preexec_fn=preexec,
             )
         address = (HOST, self.port)
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         error: Exception | None = None
-        for _ in range(int(timeout / 0.1) + 1):
+        # Polled every 10 ms so that ready_secs means something.
+        for _ in range(int(timeout / 0.01) + 1):
             if self.process.poll() is not None:
                 raise BenchError(f"server exited with {self.process.returncode}: {self.log_tail()}")
             try:
                 probe(address, target, timeout=2.0)
+                self.ready_secs = time.monotonic() - started
                 return address
             except (OSError, BenchError) as e:
                 error = e
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            time.sleep(0.01)
         self.stop()
         raise BenchError(f"server did not pass a probe in {timeout:.0f} s: {error}; log: {self.log_tail()}")
 
@@ -1504,6 +1515,32 @@ class Bench:
 
     # -- memory --------------------------------------------------------------
 
+    def test_startup(self) -> None:
+        """
+        Seconds from starting the server until it serves a CONNECT (and a
+        16-byte echo), over C{--startup-reps} fresh starts; the phase's own
+        start is the first.
+        """
+        args = self.args
+        server = self.server
+        if server is None or server.ready_secs is None:
+            self.notes.append("startup: only measured for a server this script starts")
+            return
+        times = [server.ready_secs]
+        try:
+            for _ in range(args.startup_reps - 1):
+                server.stop()
+                self.proxy = server.start(self.target)
+                self.proxy_pid = server.pid
+                assert server.ready_secs is not None
+                times.append(server.ready_secs)
+        except (OSError, BenchError) as e:
+            self.results["startup"] = {"error": f"{type(e).__name__}: {e}", "all_secs": times}
+            return
+        entry = {"secs": statistics.median(times), "all_secs": [round(t, 3) for t in times]}
+        self.results["startup"] = entry
+        self.log(f"startup: {entry}")
+
     def test_memory(self) -> None:
         """RSS/PSS idle, with N idle tunnels, and after closing them."""
         args = self.args
@@ -1651,6 +1688,7 @@ class Bench:
         """Run the selected tests, each phase on a fresh server instance when we start it."""
         tests = set(self.args.tests)
         phases = [
+            ("startup", [("startup", self.test_startup)]),
             ("memory", [("memory", self.test_memory)]),
             (
                 "perf",
@@ -1737,6 +1775,10 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             f"p99 {entry['rtt_us']['p99']:.0f} µs"
         )
         rows.append(_row("udp round trips", f"{entry['per_s']:.0f} /s", entry, note))
+    if entry := usable("start-up", "startup"):
+        runs = ", ".join(f"{v:.2f}" for v in entry["all_secs"])
+        note = f"until it serves a CONNECT; runs {runs}"
+        rows.append(_row("start-up", f"{entry['secs']:.2f} s", None, note))
     if entry := usable("memory", "memory"):
         n = entry["tunnels"]
         rows.append(_row("RSS idle", _mib(entry["idle_rss_kib"]), None, f"PSS {_mib(entry['idle_pss_kib'])}"))
@@ -1806,6 +1848,7 @@ def describe_run(bench: Bench) -> dict[str, Any]:
             "udp_secs": args.udp_secs,
             "udp_window": args.udp_window,
             "udp_size": args.udp_size,
+            "startup_reps": args.startup_reps,
         },
     }
 
@@ -1819,6 +1862,7 @@ def describe_sizes(args: argparse.Namespace, width: int = 100) -> list[str]:
         "memory": f"{args.tunnels} idle tunnels",
         "backpressure": f"backpressure {args.bp_mib} MiB for {args.bp_secs} s",
         "udp": f"udp {args.udp_size} B x{args.udp_window} in flight for {args.udp_secs} s",
+        "startup": f"{args.startup_reps} start-ups",
     }
     lines = [""]
     for test, text in parts.items():
@@ -1850,6 +1894,9 @@ def report(bench: Bench) -> str:
 
 
 # -- command line --------------------------------------------------------------
+
+#: Every test, in the order of the report.
+TESTS = ("bulk", "latency", "connrate", "memory", "backpressure", "udp", "startup")
 
 QUICK = {
     "bulk_mib": 128,
@@ -1886,8 +1933,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tests",
         type=lambda s: s.split(","),
-        default=["bulk", "latency", "connrate", "memory", "backpressure", "udp"],
-        help="comma-separated subset of bulk,latency,connrate,memory,backpressure,udp",
+        default=list(TESTS),
+        help="comma-separated subset of " + ",".join(TESTS),
     )
     p.add_argument(
         "--quick",
@@ -1917,6 +1964,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--udp-loss-timeout", type=float, default=1.0, help="seconds after which a datagram counts as lost"
     )
+    p.add_argument("--startup-reps", type=int, default=3, help="fresh starts timed in the start-up test")
     p.add_argument("--log-dir", type=Path, help="where server logs go (default: a new temporary directory)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -1924,13 +1972,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for key, value in QUICK.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
-    unknown = set(args.tests) - {"bulk", "latency", "connrate", "memory", "backpressure", "udp"}
+    unknown = set(args.tests) - set(TESTS)
     if unknown:
         p.error(f"unknown tests: {', '.join(sorted(unknown))}")
     if args.udp_size < UDP_SEQ.size or args.udp_window < 1:
         p.error(f"--udp-size must be at least {UDP_SEQ.size} and --udp-window at least 1")
+    if args.startup_reps < 1:
+        p.error("--startup-reps must be at least 1")
     if args.direct:
-        args.tests = [t for t in args.tests if t not in ("memory", "backpressure")]
+        args.tests = [t for t in args.tests if t not in ("memory", "backpressure", "startup")]
+    elif args.proxy:
+        args.tests = [t for t in args.tests if t != "startup"]
     return args
 
 
@@ -1958,7 +2010,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.proxy:
         host, _, port = args.proxy.rpartition(":")
-        host = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0]
+        host = str(socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0])
         if not is_loopback(host):
             raise SystemExit("--proxy must be on 127.0.0.1 (or ::1): all traffic stays on this machine")
         bench.proxy = (host, int(port))
