@@ -1113,6 +1113,21 @@ class TwistdTests(IntegrationTestCase):
         Path(workdir).mkdir(parents=True)
         return await runProcess(twistdCommand(*args), timeout=30, path=workdir)
 
+    async def echoThrough(self, proxy: tuple[str, int]) -> int:
+        """
+        Pass one echo round trip through a CONNECT tunnel from C{proxy} to a
+        new echo server (by IPv4 address); return the echo server's port.
+        """
+        _, port = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(proxy, LOOPBACK4, port)
+            with sock:
+                return echoRoundTrip(sock)
+
+        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        return port
+
     async def test_helpListsSocks5(self) -> None:
         """twistd --help lists the socks5 command."""
         out, err, code = await self.twistd("--help")
@@ -1163,28 +1178,12 @@ class TwistdTests(IntegrationTestCase):
     async def test_listenIPv6(self) -> None:
         """--port tcp6:0:interface=\\:\\:1 serves on ::1 (escaped as endpoints want)."""
         child = await startTwistd(self, "--port", "tcp6:0:interface=\\:\\:1", serving=SERVING_IPV6)
-        port = await child.listening
-        _, targetPort = await startEcho(self)
-
-        def client() -> bytes:
-            sock, reply = socksConnect((LOOPBACK6, port), LOOPBACK4, targetPort)
-            with sock:
-                return echoRoundTrip(sock)
-
-        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        await self.echoThrough((LOOPBACK6, await child.listening))
 
     async def test_noSessionLog(self) -> None:
         """--no-session-log: tunnels work, and no session line is logged."""
         child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", "--no-session-log")
-        proxy = (LOOPBACK4, await child.listening)
-        _, port = await startEcho(self)
-
-        def client() -> bytes:
-            sock, _ = socksConnect(proxy, LOOPBACK4, port)
-            with sock:
-                return echoRoundTrip(sock)
-
-        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        await self.echoThrough((LOOPBACK4, await child.listening))
         await sleep(0.3)  # Time for a session line, if one were coming.
         self.assertNotIn(b"session ", bytes(child.output))
 
@@ -1195,15 +1194,7 @@ class TwistdTests(IntegrationTestCase):
         stamped with the time it ended.
         """
         child = await startTwistd(self, "--port", "tcp:0:interface=127.0.0.1", "--session-log-delay", "3600")
-        proxy = (LOOPBACK4, await child.listening)
-        _, port = await startEcho(self)
-
-        def client() -> bytes:
-            sock, _ = socksConnect(proxy, LOOPBACK4, port)
-            with sock:
-                return echoRoundTrip(sock)
-
-        self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        port = await self.echoThrough((LOOPBACK4, await child.listening))
         ended = time.time()
         await sleep(0.3)
         self.assertNotIn(b"session succeeded", bytes(child.output))
