@@ -145,7 +145,7 @@ class SessionLog:
         if len(waiting) >= self.limit:
             self.flush()
         elif self._call is None:
-            self._call = self.reactor.callLater(self.delay, self._flushLater)
+            self._call = self.reactor.callLater(self.delay, self.flush)
             addTrigger = getattr(self.reactor, "addSystemEventTrigger", None)
             if addTrigger is not None:
                 self._shutdownTrigger = addTrigger("after", "shutdown", self._flushAtShutdown)
@@ -153,22 +153,15 @@ class SessionLog:
     def flush(self) -> None:
         """Log every waiting session now."""
         call, self._call = self._call, None
-        if call is not None and call.active():
+        if call is not None and call.active():  # Not active when it is what runs this.
             call.cancel()
         trigger, self._shutdownTrigger = self._shutdownTrigger, None
         if trigger is not None:
             self.reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
-        self._logWaiting()
-
-    def _flushLater(self) -> None:
-        self._call = None
-        self.flush()
+        waiting, self._waiting = self._waiting, []
+        for session, ended in waiting:
+            logSession(session, ended)
 
     def _flushAtShutdown(self) -> None:
         self._shutdownTrigger = None  # Fired, so no longer registered.
         self.flush()
-
-    def _logWaiting(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for session, ended in waiting:
-            logSession(session, ended)
