@@ -31,6 +31,11 @@ class InterfaceTests(SynchronousTestCase):
             self.assertTrue(verifyObject(IAuthenticator, authenticator))
             self.assertTrue(verifyObject(IAuthNegotiation, authenticator.negotiate([], PEER)))
 
+    def test_noAuthenticationAtOnce(self) -> None:
+        """No authentication is decided at once: an outcome, not a Deferred."""
+        result = NoAuthentication().negotiate([], PEER).dataReceived(b"request")
+        self.assertEqual(result, (AuthOutcome(accepted=True), 0))
+
     def test_plugins(self) -> None:
         """The built-in methods are found as plugins, by name."""
         names = {plugin.name for plugin in getPlugins(IAuthenticator)}
@@ -46,9 +51,11 @@ class UsernamePasswordTests(SynchronousTestCase):
         data = wire.AuthRequest(username, password).encode() + b"rest"
         result = negotiation.dataReceived(data)
         assert result is not None
-        d, consumed = result
+        outcome, consumed = result
         self.assertEqual(data[consumed:], b"rest")
-        return self.successResultOf(d)
+        if isinstance(outcome, AuthOutcome):
+            return outcome
+        return self.successResultOf(outcome)
 
     def test_memoryChecker(self) -> None:
         checker = strcred.makeChecker("memory:alice:secret:bob:hunter2")
@@ -71,6 +78,11 @@ class UsernamePasswordTests(SynchronousTestCase):
         first = strcred.makeChecker("memory:alice:one")
         second = strcred.makeChecker("memory:alice:two")
         self.assertTrue(self.outcome([first, second], b"alice", b"two").accepted)
+
+    def test_malformedRefusedAtOnce(self) -> None:
+        """A malformed request is refused at once, using all it sent."""
+        negotiation = UsernamePasswordAuthentication().negotiate([], PEER)
+        self.assertEqual(negotiation.dataReceived(b"\x05\x01x"), (AuthOutcome(False, None, b"\x01\x01"), 3))
 
     def test_needsMore(self) -> None:
         negotiation = UsernamePasswordAuthentication().negotiate([], PEER)

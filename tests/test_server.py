@@ -10,13 +10,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.cred import strcred
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from tests.fakes import FakeOutbound, HalfCloseableStringTransport
 from txsocks5 import wire
@@ -366,6 +369,29 @@ class AuthenticationTests(ServerTestCase):
         protocol, transport = self.connect(self.authFactory(checker))
         protocol.dataReceived(b"\x05\x01\x02" + wire.AuthRequest(b"bob", b"pw").encode())
         self.assertEqual(transport.value(), b"\x05\x02\x01\x00")
+
+    def test_checkerAnswersLater(self) -> None:
+        """
+        A checker that answers later (a Deferred) holds the request the
+        client sent meanwhile, and the request goes on once it answers.
+        """
+        answer: Deferred[bytes] = Deferred()
+
+        @implementer(ICredentialsChecker)
+        class LaterChecker:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes]:
+                return answer
+
+        protocol, transport = self.connect(self.authFactory(LaterChecker()))
+        protocol.dataReceived(b"\x05\x01\x02" + wire.AuthRequest(b"alice", b"secret").encode() + CONNECT)
+        self.assertEqual(transport.value(), b"\x05\x02")
+        self.assertEqual(self.outbound.attempts, [])
+        answer.callback(b"alice")
+        self.assertEqual(transport.value(), b"\x05\x02\x01\x00")
+        self.assertEqual(len(self.outbound.attempts), 1)
+        self.assertEqual(protocol.session.user, "alice")
 
     def test_badSubnegotiationVersion(self) -> None:
         protocol, transport = self.connect(self.authFactory(self.memoryChecker()))

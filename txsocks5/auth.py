@@ -44,8 +44,14 @@ log = Logger()
 class _Accepted:
     """A sub-negotiation that is over before it starts: everyone is let in."""
 
-    def dataReceived(self, data: bytes) -> tuple[Deferred[AuthOutcome], int]:
-        return succeed(AuthOutcome(accepted=True)), 0
+    _outcome = (AuthOutcome(accepted=True), 0)
+
+    def dataReceived(self, data: bytes) -> tuple[AuthOutcome, int]:
+        return self._outcome
+
+
+#: Holds no state: one serves every client.
+_ACCEPTED = _Accepted()
 
 
 @implementer(IPlugin, IAuthenticator)
@@ -58,7 +64,7 @@ class NoAuthentication:
 
     def negotiate(self, checkers: Sequence[ICredentialsChecker], peer: IAddress) -> IAuthNegotiation:
         """Let the client straight through."""
-        return _Accepted()
+        return _ACCEPTED
 
 
 @implementer(IUsernamePassword)
@@ -94,12 +100,12 @@ class _UsernamePasswordNegotiation:
         self._checkers = [c for c in checkers if IUsernamePassword in c.credentialInterfaces]
         self._peer = peer
 
-    def dataReceived(self, data: bytes) -> tuple[Deferred[AuthOutcome], int] | None:
+    def dataReceived(self, data: bytes) -> tuple[AuthOutcome | Deferred[AuthOutcome], int] | None:
         try:
             parsed = wire.parseAuthRequest(data)
         except wire.ProtocolError as e:
             log.info("Bad username/password request from {peer}: {error}", peer=self._peer, error=str(e))
-            return succeed(_FAILED), len(data)
+            return _FAILED, len(data)
         if parsed is None:
             return None
         request = parsed.message

@@ -115,15 +115,16 @@ class IAuthNegotiation(Interface):
     3), from the method selection until the client is accepted or refused.
     """
 
-    def dataReceived(data: bytes) -> tuple[Deferred[AuthOutcome], int] | None:
+    def dataReceived(data: bytes) -> tuple[AuthOutcome | Deferred[AuthOutcome], int] | None:
         """
         Offer the bytes the client sent since the method selection.
 
-        @return: C{None} if more bytes are needed; otherwise a pair of a
-            L{twisted.internet.defer.Deferred} that fires with an
-            L{AuthOutcome} and the number of bytes of C{data}
-            the sub-negotiation used (bytes after them belong to the
-            request).
+        @return: C{None} if more bytes are needed; otherwise a pair of the
+            outcome and the number of bytes of C{data} the sub-negotiation
+            used (bytes after them belong to the request).  The outcome is
+            an L{AuthOutcome}, or a L{twisted.internet.defer.Deferred}
+            that fires with one when it is not known at once (a checker
+            that asks a database, say).
         """
 
 

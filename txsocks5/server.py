@@ -263,7 +263,10 @@ class SOCKS5ServerProtocol(Protocol):
         self._buffer = self._buffer[consumed:]
         self._step = None
         self._negotiation = None
-        self._wait(outcome, self._authenticated)
+        if isinstance(outcome, AuthOutcome):
+            self._authenticated(outcome)  # Known at once (no authentication).
+        else:
+            self._wait(outcome, self._authenticated)
         return self._step is not None
 
     def _authenticated(self, outcome: AuthOutcome) -> None:
