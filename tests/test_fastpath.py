@@ -8,8 +8,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import tcp
-from twisted.internet.testing import StringTransport
+from twisted.internet import error, tcp, udp
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -181,6 +182,76 @@ class DirectWriterTests(SynchronousTestCase):
         """With the internals unchecked, even a TCP connection gets its own write."""
         self.patch(_fastpath, "_directWritesAvailable", False)
         self.assertFalse(_fastpath.canWriteDirectly(tcp.Connection.__new__(tcp.Connection)))
+
+
+class DirectDatagramTests(SynchronousTestCase):
+    """Which UDP ports get the direct send, and what it does."""
+
+    def listen(self, host: str = "127.0.0.1") -> udp.Port:
+        """A Twisted UDP port bound on C{host}, on a reactor that is never run."""
+        port = udp.Port(0, DatagramProtocol(), interface=host, reactor=MemoryReactor())
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        return port
+
+    def receiver(self, host: str = "127.0.0.1") -> socket.socket:
+        """A blocking UDP socket on C{host} that waits at most 5 s."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        receiver = socket.socket(family, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind((host, 0))
+        receiver.settimeout(5)
+        return receiver
+
+    def test_portOfTheFamily(self) -> None:
+        port = self.listen()
+        available = _fastpath._directDatagramsAvailable
+        self.assertEqual(_fastpath.canSendDatagramsDirectly(port, socket.AF_INET), available)
+        self.assertFalse(_fastpath.canSendDatagramsDirectly(port, socket.AF_INET6))
+
+    def test_notConnected(self) -> None:
+        """A connected port sends to its one address only: its own write is used."""
+        port = self.listen()
+        port.connect("127.0.0.1", 9)
+        self.assertFalse(_fastpath.canSendDatagramsDirectly(port, socket.AF_INET))
+
+    def test_otherPorts(self) -> None:
+        """Anything but Twisted's own UDP port (a wrapper, a fake) keeps its write."""
+        self.assertFalse(_fastpath.canSendDatagramsDirectly(object(), socket.AF_INET))
+        self.assertFalse(_fastpath.canSendDatagramsDirectly(udp.Port(0, None), socket.AF_INET))
+
+    def test_untestedTwisted(self) -> None:
+        self.patch(_fastpath, "_directDatagramsAvailable", False)
+        self.assertFalse(_fastpath.canSendDatagramsDirectly(self.listen(), socket.AF_INET))
+
+    def test_sends(self) -> None:
+        port = self.listen()
+        receiver = self.receiver()
+        _fastpath.sendDatagramDirectly(port, b"straight to the socket", receiver.getsockname())
+        data, source = receiver.recvfrom(100)
+        self.assertEqual((data, source[1]), (b"straight to the socket", port.getHost().port))
+
+    @needsIPv6
+    def test_sendsIPv6(self) -> None:
+        port = self.listen("::1")
+        self.assertEqual(
+            _fastpath.canSendDatagramsDirectly(port, socket.AF_INET6), _fastpath._directDatagramsAvailable
+        )
+        receiver = self.receiver("::1")
+        _fastpath.sendDatagramDirectly(port, b"over IPv6", receiver.getsockname()[:2])
+        self.assertEqual(receiver.recvfrom(100)[0], b"over IPv6")
+
+    def test_tooLong(self) -> None:
+        """A datagram too long for UDP raises what C{udp.Port.write} raises."""
+        port = self.listen()
+        receiver = self.receiver()
+        self.assertRaises(
+            error.MessageLengthError,
+            _fastpath.sendDatagramDirectly,
+            port,
+            b"x" * 70000,
+            receiver.getsockname(),
+        )
 
 
 class PublicWritePathBulkTests(integration.BulkTransferTests):

@@ -35,6 +35,7 @@ from tests.support import (
     HAVE_IPV6,
     LOOPBACK4,
     LOOPBACK6,
+    SERVING_IPV6,
     SKIP_IPV6,
     SOCKET_TIMEOUT,
     IntegrationTestCase,
@@ -1146,6 +1147,39 @@ class TwistdTests(UDPTestCase):
             % (relayPort, size, size)
         )
         await waitFor(lambda: bool(line.search(bytes(child.output))), 10.0, "the session log line")
+        self.assertNotIn(b"Traceback", bytes(child.output))
+
+    @needsIPv6
+    async def test_bothFamiliesIPv6Client(self) -> None:
+        """
+        Through twistd on ::1 (whose relay sends with C{sendto} directly): an
+        IPv6 client's datagrams reach an IPv6 and an IPv4 destination, from
+        one destination socket of each family, and the answers come back,
+        small and large.
+        """
+        child = await startTwistd(self, "--port", "tcp6:0:interface=\\:\\:1", serving=SERVING_IPV6)
+        port = await child.listening
+        echo6, echoPort6 = startUDPEcho(self, LOOPBACK6)
+        echo4, echoPort4 = startUDPEcho(self, LOOPBACK4)
+        payloads = [b"small", pattern(30000)]
+
+        def client() -> list[Datagram]:
+            with Association((LOOPBACK6, port), udpHost=LOOPBACK6) as association:
+                return [
+                    association.roundTrip(host, echoPort, payload)
+                    for host, echoPort in ((LOOPBACK6, echoPort6), (LOOPBACK4, echoPort4))
+                    for payload in payloads
+                ]
+
+        answers = await deferToThread(client)
+        self.assertEqual([a.payload for a in answers], payloads * 2)
+        self.assertEqual(
+            [(a.host, a.port) for a in answers],
+            [(LOOPBACK6, echoPort6)] * 2 + [(LOOPBACK4, echoPort4)] * 2,
+        )
+        self.assertEqual((echo6.payloads, echo4.payloads), (payloads, payloads))
+        self.assertEqual(len({source for _, source in echo6.received}), 1)
+        self.assertEqual(len({source for _, source in echo4.received}), 1)
         self.assertNotIn(b"Traceback", bytes(child.output))
 
     async def test_advertiseLimitAndIdleTimeout(self) -> None:

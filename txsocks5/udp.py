@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from twisted.internet import error
 from twisted.internet.interfaces import (
@@ -31,6 +32,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from txsocks5 import wire
+from txsocks5._fastpath import canSendDatagramsDirectly, sendDatagramDirectly
 from txsocks5.ports import listenInRange, resolveName
 
 __all__ = ["UDPRelay", "UDPCounters", "listenUDPRelay", "MAX_DATAGRAM"]
@@ -130,6 +132,9 @@ class UDPRelay(DatagramProtocol):
         self._idleCall: IDelayedCall | None = None
         self._lastTotal = -1
         self._sides: dict[int, IListeningPort] = {}
+        # How to send through each side, and to the client: see _sender.
+        self._senders: dict[int, Callable[[bytes, tuple[str, int]], object]] = {}
+        self._sendToClient: Callable[[bytes, tuple[str, int]], object] | None = None
         self._names: dict[str, tuple[float, list[str]]] = {}
         self._waiting: dict[str, list[tuple[bytes, int]]] = {}
         self._queued = 0
@@ -140,6 +145,8 @@ class UDPRelay(DatagramProtocol):
     # -- life cycle ---------------------------------------------------------
 
     def startProtocol(self) -> None:
+        family = socket.AF_INET6 if ":" in self.clientHost else socket.AF_INET
+        self._sendToClient = _sender(self.transport, family)
         if self._idleTimeout:
             self._idleCall = self._clock.callLater(self._idleTimeout, self._checkIdle)
 
@@ -156,6 +163,7 @@ class UDPRelay(DatagramProtocol):
             self._idleCall.cancel()
         self._idleCall = None
         sides, self._sides = self._sides, {}
+        self._senders = {}
         for port in sides.values():
             port.stopListening()
         if self.transport is not None:
@@ -220,14 +228,15 @@ class UDPRelay(DatagramProtocol):
             self.counters.drop("denied by the rules")
             return
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        side = self._sides.get(family)
-        if side is None:
+        send = self._senders.get(family)
+        if send is None:
             side = self._openSide(family)
             if side is None:
                 self.counters.drop("no socket for the address family")
                 return
+            send = self._senders[family] = _sender(side, family)
         try:
-            side.write(payload, (ip, port))  # type: ignore[attr-defined]
+            send(payload, (ip, port))
         except (OSError, error.MessageLengthError, error.InvalidAddressError):
             self.counters.drop("send failed")
             return
@@ -304,7 +313,7 @@ class UDPRelay(DatagramProtocol):
         if addr[0] not in self._contacted:
             self.counters.drop("not from a destination of the client")
             return
-        if self.clientPort is None or self.transport is None:
+        if self.clientPort is None or self._sendToClient is None:
             self.counters.drop("client port not known yet")
             return
         header = self._headers.get(addr)
@@ -314,12 +323,23 @@ class UDPRelay(DatagramProtocol):
             header = wire.UDPHeader(0, wire.Address.fromHost(addr[0], addr[1])).encode()
             self._headers[addr] = header
         try:
-            self.transport.write(header + datagram, (self.clientHost, self.clientPort))
+            self._sendToClient(header + datagram, (self.clientHost, self.clientPort))
         except (OSError, error.MessageLengthError):
             self.counters.drop("send to client failed")
             return
         self.counters.datagramsDown += 1
         self.counters.bytesDown += len(datagram)
+
+
+def _sender(port: object, family: int) -> Callable[[bytes, tuple[str, int]], object]:
+    """
+    The fastest way to send datagrams through C{port} to IP addresses of
+    C{family}: straight to its socket where L{canSendDatagramsDirectly}
+    allows, else its own C{write}.
+    """
+    if canSendDatagramsDirectly(port, family):
+        return partial(sendDatagramDirectly, port)  # type: ignore[arg-type]
+    return port.write  # type: ignore[attr-defined,no-any-return]
 
 
 def listenUDPRelay(
