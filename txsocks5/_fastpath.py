@@ -347,19 +347,13 @@ def sendDatagramDirectly(port: udp.Port, datagram: bytes, addr: tuple[str, int])
     @raise error.MessageLengthError: if the datagram is too long.
     @raise OSError: if it could not be sent (a full socket buffer, say).
     """
-    for _ in range(8):  # Bounded retries after EINTR.
-        try:
-            port.socket.sendto(datagram, addr)
-            return
-        except OSError as e:
-            if e.errno == errno.EINTR:
-                continue
-            if e.errno == errno.EMSGSIZE:
-                raise error.MessageLengthError("message too long") from None
-            if e.errno == errno.ECONNREFUSED:
-                return  # An earlier datagram's ICMP error, as Twisted ignores it.
+    try:
+        port.socket.sendto(datagram, addr)  # Python retries after EINTR itself (PEP 475).
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            raise error.MessageLengthError("message too long") from None
+        if e.errno != errno.ECONNREFUSED:  # An earlier datagram's ICMP error: ignored, as Twisted does.
             raise
-    raise OSError(errno.EINTR, "interrupted too often")
 
 
 def writePublicly(transport: ITransport, data: bytes) -> None:
