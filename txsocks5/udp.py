@@ -75,6 +75,10 @@ class UDPCounters:
             log.debug("UDP relay dropped a datagram: {reason}", reason=reason)
 
 
+#: Sends a datagram to an C{(ip, port)} address.
+_Send = Callable[[bytes, tuple[str, int]], object]
+
+
 class _DestinationSide(DatagramProtocol):
     """The socket of one address family that talks to destinations."""
 
@@ -131,10 +135,10 @@ class UDPRelay(DatagramProtocol):
         self._onIdle = onIdle
         self._idleCall: IDelayedCall | None = None
         self._lastTotal = -1
-        self._sides: dict[int, IListeningPort] = {}
-        # How to send through each side, and to the client: see _sender.
-        self._senders: dict[int, Callable[[bytes, tuple[str, int]], object]] = {}
-        self._sendToClient: Callable[[bytes, tuple[str, int]], object] | None = None
+        # The destination-facing socket of each address family, and how to
+        # send through it (see _sender); and how to send to the client.
+        self._sides: dict[int, tuple[IListeningPort, _Send]] = {}
+        self._sendToClient: _Send | None = None
         self._names: dict[str, tuple[float, list[str]]] = {}
         self._waiting: dict[str, list[tuple[bytes, int]]] = {}
         self._queued = 0
@@ -163,8 +167,7 @@ class UDPRelay(DatagramProtocol):
             self._idleCall.cancel()
         self._idleCall = None
         sides, self._sides = self._sides, {}
-        self._senders = {}
-        for port in sides.values():
+        for port, _ in sides.values():
             port.stopListening()
         if self.transport is not None:
             self.transport.stopListening()  # type: ignore[attr-defined]
@@ -228,15 +231,12 @@ class UDPRelay(DatagramProtocol):
             self.counters.drop("denied by the rules")
             return
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        send = self._senders.get(family)
-        if send is None:
-            side = self._openSide(family)
-            if side is None:
-                self.counters.drop("no socket for the address family")
-                return
-            send = self._senders[family] = _sender(side, family)
+        side = self._sides.get(family) or self._openSide(family)
+        if side is None:
+            self.counters.drop("no socket for the address family")
+            return
         try:
-            send(payload, (ip, port))
+            side[1](payload, (ip, port))
         except (OSError, error.MessageLengthError, error.InvalidAddressError):
             self.counters.drop("send failed")
             return
@@ -248,7 +248,7 @@ class UDPRelay(DatagramProtocol):
         self.counters.datagramsUp += 1
         self.counters.bytesUp += len(payload)
 
-    def _openSide(self, family: int) -> IListeningPort | None:
+    def _openSide(self, family: int) -> tuple[IListeningPort, _Send] | None:
         interface = "::" if family == socket.AF_INET6 else "0.0.0.0"
         try:
             port = self._reactor.listenUDP(
@@ -256,8 +256,8 @@ class UDPRelay(DatagramProtocol):
             )
         except error.CannotListenError:
             return None
-        self._sides[family] = port
-        return port
+        side = self._sides[family] = (port, _sender(port, family))
+        return side
 
     def _sendToName(self, name: str, port: int, payload: bytes) -> None:
         if not self._allowed(name, None, port):
@@ -331,7 +331,7 @@ class UDPRelay(DatagramProtocol):
         self.counters.bytesDown += len(datagram)
 
 
-def _sender(port: object, family: int) -> Callable[[bytes, tuple[str, int]], object]:
+def _sender(port: object, family: int) -> _Send:
     """
     The fastest way to send datagrams through C{port} to IP addresses of
     C{family}: straight to its socket where L{canSendDatagramsDirectly}
