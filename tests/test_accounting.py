@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, eventAsText, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from txsocks5.accounting import Session, SessionLog, logSession
@@ -84,6 +84,22 @@ class LogSessionTests(SessionLogTestCase):
             formatEvent(event),
             "session succeeded: client=127.0.0.1:1000 user=None command=CONNECT "
             "destination=192.0.2.1:80 up=16 down=32 duration=2.500s",
+        )
+
+    def test_textLine(self) -> None:
+        """
+        A text log shows the summary as it is, braces included (a client
+        names the destination), after the namespace and level as Twisted
+        shows them for any event.
+        """
+        braced = session(1000, started=100.0)
+        braced.destination = "{0}.example:80"
+        logSession(braced, 102.5)
+        [event] = self.events
+        self.assertEqual(
+            eventAsText(event, includeTimestamp=False),
+            "[txsocks5.session#info] session succeeded: client=127.0.0.1:1000 user=None "
+            "command=CONNECT destination={0}.example:80 up=16 down=32 duration=2.500s",
         )
 
 
