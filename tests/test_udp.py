@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import globalLogPublisher
@@ -16,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fakes import FakeUDPReactor, HalfCloseableStringTransport
 from txsocks5 import wire
 from txsocks5.server import SOCKS5Factory, SOCKS5ServerProtocol
-from txsocks5.udp import MAX_QUEUED, NAME_CACHE_SECONDS, UDPRelay, listenUDPRelay
+from txsocks5.udp import _MAX_PARSED_HEADERS, MAX_QUEUED, NAME_CACHE_SECONDS, UDPRelay, listenUDPRelay
 
 CLIENT = ("127.0.0.1", 5555)
 
@@ -116,6 +118,99 @@ class RelayTests(SynchronousTestCase):
         relay.datagramReceived(datagram("192.0.2.1", 53, b"x", fragment=0x81), CLIENT)
         self.assertEqual(self.sides(), [])
         self.assertEqual(relay.counters.dropped, {"fragment": 2})
+
+    def test_sameHeadersAgain(self) -> None:
+        """
+        Datagrams with a header seen before go where their header says, as
+        the first did; a fragment for the same destination is still dropped.
+        """
+        relay = self.relay()
+        for n in range(3):
+            relay.datagramReceived(datagram("192.0.2.1", 53, b"a%d" % n), CLIENT)
+            relay.datagramReceived(datagram("192.0.2.2", 53, b"b%d" % n), CLIENT)
+            relay.datagramReceived(datagram("192.0.2.1", 54, b"c%d" % n), CLIENT)
+            relay.datagramReceived(datagram("2001:db8::1", 53, b"d%d" % n), CLIENT)
+            relay.datagramReceived(datagram("192.0.2.1", 53, b"f", fragment=1), CLIENT)
+        v4, v6 = self.sides()
+        self.assertEqual(
+            v4.written,
+            [
+                (payload % n, address)
+                for n in range(3)
+                for payload, address in (
+                    (b"a%d", ("192.0.2.1", 53)),
+                    (b"b%d", ("192.0.2.2", 53)),
+                    (b"c%d", ("192.0.2.1", 54)),
+                )
+            ],
+        )
+        self.assertEqual(v6.written, [(b"d%d" % n, ("2001:db8::1", 53)) for n in range(3)])
+        self.assertEqual(relay.counters.dropped, {"fragment": 3})
+        self.assertEqual((relay.counters.datagramsUp, relay.counters.bytesUp), (12, 24))
+
+    def test_sameHeadersAgainDenied(self) -> None:
+        """A destination the rules deny stays denied for every datagram."""
+        asked: list[tuple[str | None, str | None, int]] = []
+
+        def allow(name: str | None, ip: str | None, port: int) -> bool:
+            asked.append((name, ip, port))
+            return port != 25
+
+        relay = UDPRelay(self.reactor, "127.0.0.1", allowDestination=allow)
+        listenUDPRelay(self.reactor, relay, "127.0.0.1")
+        for _ in range(3):
+            relay.datagramReceived(datagram("192.0.2.1", 25, b"spam"), CLIENT)
+            relay.datagramReceived(datagram("192.0.2.1", 53, b"query"), CLIENT)
+        [side] = self.sides()
+        self.assertEqual(side.written, [(b"query", ("192.0.2.1", 53))] * 3)
+        self.assertEqual(relay.counters.dropped, {"denied by the rules": 3})
+        self.assertEqual(asked, [(None, "192.0.2.1", 25), (None, "192.0.2.1", 53)])
+
+    def test_parsedHeadersBounded(self) -> None:
+        """The headers remembered per association are bounded."""
+        relay = self.relay()
+        for port in range(1, _MAX_PARSED_HEADERS + 10):
+            relay.datagramReceived(datagram("192.0.2.1", port, b"x"), CLIENT)
+        self.assertLessEqual(len(relay._parsedHeaders), _MAX_PARSED_HEADERS)
+        relay.datagramReceived(datagram("192.0.2.1", 1, b"again"), CLIENT)
+        [side] = self.sides()
+        self.assertEqual(side.written[-1], (b"again", ("192.0.2.1", 1)))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(
+                    st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1", "::ffff:c000:201"]),
+                    st.sampled_from([53, 54]),
+                    st.sampled_from([0, 0, 1]),
+                    st.binary(max_size=4),
+                ).map(lambda d: datagram(d[0], d[1], d[3], fragment=d[2])),
+                st.binary(max_size=24),
+            ),
+            max_size=30,
+        )
+    )
+    def test_rememberedHeadersChangeNothing(self, datagrams: list[bytes]) -> None:
+        """
+        Whatever the client sends, remembering headers sends the same
+        datagrams to the same places, and drops the same, as parsing each
+        header afresh.
+        """
+        remembering = UDPRelay(FakeUDPReactor(), "127.0.0.1", CLIENT[1])
+        parsing = UDPRelay(FakeUDPReactor(), "127.0.0.1", CLIENT[1])
+        for relay in (remembering, parsing):
+            listenUDPRelay(relay._reactor, relay, "127.0.0.1")  # type: ignore[arg-type]
+        for data in datagrams:
+            remembering.datagramReceived(data, CLIENT)
+            parsing._parsedHeaders.clear()
+            parsing.datagramReceived(data, CLIENT)
+
+        def sent(relay: UDPRelay) -> list[Any]:
+            return [port.written for port in relay._reactor.udpPorts[1:]]  # type: ignore[attr-defined]
+
+        self.assertEqual(sent(remembering), sent(parsing))
+        self.assertEqual(remembering.counters, parsing.counters)
 
     def test_malformedDropped(self) -> None:
         relay = self.relay()

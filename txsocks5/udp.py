@@ -75,6 +75,14 @@ class UDPCounters:
             log.debug("UDP relay dropped a datagram: {reason}", reason=reason)
 
 
+#: Client headers remembered per association, with the destination each
+#: names, so that a header sent again is not parsed again (the memory starts
+#: over when full; at most about 50 KiB).
+_MAX_PARSED_HEADERS = 256
+
+#: The length of a UDP request header by its ATYP, for IP literals.
+_IP_HEADER_SIZES: dict[int, int] = {wire.AddressType.IPV4: 10, wire.AddressType.IPV6: 22}
+
 #: Sends a datagram to an C{(ip, port)} address.
 _Send = Callable[[bytes, tuple[str, int]], object]
 
@@ -144,6 +152,7 @@ class UDPRelay(DatagramProtocol):
         self._queued = 0
         self._contacted: set[str] = set()
         self._headers: dict[tuple[str, int], bytes] = {}  # For answers, by source.
+        self._parsedHeaders: dict[bytes, tuple[str, int]] = {}  # The client's, by their bytes.
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------
@@ -194,6 +203,14 @@ class UDPRelay(DatagramProtocol):
         if host != self.clientHost or (self.clientPort is not None and port != self.clientPort):
             self.counters.drop("not from the client")
             return
+        # A header sent before (an IP literal, FRAG 0): its destination, as
+        # parsed then.  A client mostly sends to a few destinations.
+        size = _IP_HEADER_SIZES.get(datagram[3]) if len(datagram) > 3 else None
+        if size is not None:
+            known = self._parsedHeaders.get(datagram[:size])
+            if known is not None:
+                self._sendTo(known[0], known[1], datagram[size:])
+                return
         try:
             header, payload = wire.parseUDPDatagram(datagram)
         except wire.ProtocolError:
@@ -208,8 +225,12 @@ class UDPRelay(DatagramProtocol):
         destination = header.address
         if destination.type == wire.AddressType.DOMAIN:
             self._sendToName(destination.host, destination.port, payload)
-        else:
-            self._sendTo(destination.host, destination.port, payload)
+            return
+        parsedHeaders = self._parsedHeaders
+        if len(parsedHeaders) >= _MAX_PARSED_HEADERS:
+            parsedHeaders.clear()
+        parsedHeaders[datagram[: len(datagram) - len(payload)]] = (destination.host, destination.port)
+        self._sendTo(destination.host, destination.port, payload)
 
     def _allowed(self, name: str | None, ip: str | None, port: int) -> bool:
         """Whether the rules let datagrams go to this destination (remembered)."""
