@@ -81,6 +81,19 @@ class RoundTripTests(SynchronousTestCase):
         header = wire.UDPHeader(fragment, address)
         self.assertEqual(wire.parseUDPDatagram(header.encode() + payload), (header, payload))
 
+    @given(addresses(), st.integers(0, 255))
+    def test_udpHeaderSizes(self, address: Address, fragment: int) -> None:
+        """
+        L{wire.UDP_IP_HEADER_SIZES} gives the length of an encoded header whose
+        address is an IP literal, and has no entry for a domain name.
+        """
+        encoded = wire.UDPHeader(fragment, address).encode()
+        size = wire.UDP_IP_HEADER_SIZES.get(encoded[3])
+        if address.type == AddressType.DOMAIN:
+            self.assertIsNone(size)
+        else:
+            self.assertEqual(size, len(encoded))
+
 
 PARSE_FUNCTIONS = [*PARSERS.values(), wire.parseUDPDatagram]
 

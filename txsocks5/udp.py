@@ -80,9 +80,6 @@ class UDPCounters:
 #: over when full; at most about 50 KiB).
 _MAX_PARSED_HEADERS = 256
 
-#: The length of a UDP request header by its ATYP, for IP literals.
-_IP_HEADER_SIZES: dict[int, int] = {wire.AddressType.IPV4: 10, wire.AddressType.IPV6: 22}
-
 #: Sends a datagram to an C{(ip, port)} address.
 _Send = Callable[[bytes, tuple[str, int]], object]
 
@@ -205,7 +202,7 @@ class UDPRelay(DatagramProtocol):
             return
         # A header sent before (an IP literal, FRAG 0): its destination, as
         # parsed then.  A client mostly sends to a few destinations.
-        size = _IP_HEADER_SIZES.get(datagram[3]) if len(datagram) > 3 else None
+        size = wire.UDP_IP_HEADER_SIZES.get(datagram[3]) if len(datagram) > 3 else None
         if size is not None:
             known = self._parsedHeaders.get(datagram[:size])
             if known is not None:
@@ -229,6 +226,7 @@ class UDPRelay(DatagramProtocol):
         parsedHeaders = self._parsedHeaders
         if len(parsedHeaders) >= _MAX_PARSED_HEADERS:
             parsedHeaders.clear()
+        # The header is what the payload follows: the bytes looked up above.
         parsedHeaders[datagram[: len(datagram) - len(payload)]] = (destination.host, destination.port)
         self._sendTo(destination.host, destination.port, payload)
 

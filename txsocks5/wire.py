@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from socket import AF_INET, AF_INET6, inet_pton
@@ -49,6 +50,7 @@ __all__ = [
     "parseRequest",
     "parseResponse",
     "parseUDPDatagram",
+    "UDP_IP_HEADER_SIZES",
 ]
 
 SOCKS_VERSION = 5
@@ -293,6 +295,17 @@ class UDPHeader:
         return b"\x00\x00" + bytes([self.fragment]) + self.address.encode()
 
 
+#: The length of DST.ADDR for the IP literal ATYPs.
+_IP_ADDRESS_SIZES: Mapping[int, int] = {AddressType.IPV4: 4, AddressType.IPV6: 16}
+
+UDP_IP_HEADER_SIZES: Mapping[int, int] = {atyp: 3 + 1 + size + 2 for atyp, size in _IP_ADDRESS_SIZES.items()}
+"""
+The length of a UDP request header (RSV, FRAG, ATYP, DST.ADDR, DST.PORT) by
+its ATYP, for the two whose address is an IP literal: a datagram's payload
+starts there.
+"""
+
+
 def _isIPv4(host: str) -> bool:
     """Whether C{host} is a dotted-quad IPv4 literal."""
     try:
@@ -326,13 +339,13 @@ def _parseAddress(data: bytes, offset: int) -> tuple[Address, int] | None:
         return None
     atyp = data[offset]
     if atyp == AddressType.IPV4:
-        end = offset + 1 + 4
+        end = offset + 1 + _IP_ADDRESS_SIZES[atyp]
         if len(data) < end + 2:
             return None
         host = f"{data[offset + 1]}.{data[offset + 2]}.{data[offset + 3]}.{data[offset + 4]}"
         kind = AddressType.IPV4
     elif atyp == AddressType.IPV6:
-        end = offset + 1 + 16
+        end = offset + 1 + _IP_ADDRESS_SIZES[atyp]
         if len(data) < end + 2:
             return None
         host = str(ipaddress.IPv6Address(data[offset + 1 : end]))
