@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.cred import strcred
 from twisted.cred.checkers import FilePasswordDB
 from twisted.internet.address import IPv4Address
+from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -82,7 +83,16 @@ class UsernamePasswordTests(SynchronousTestCase):
     def test_malformedRefusedAtOnce(self) -> None:
         """A malformed request is refused at once, using all it sent."""
         negotiation = UsernamePasswordAuthentication().negotiate([], PEER)
-        self.assertEqual(negotiation.dataReceived(b"\x05\x01x"), (AuthOutcome(False, None, b"\x01\x01"), 3))
+        with capturedLogs() as events:
+            result = negotiation.dataReceived(b"\x05\x01x")
+        self.assertEqual(result, (AuthOutcome(False, None, b"\x01\x01"), 3))
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            [
+                "Bad username/password request from 127.0.0.1:1: "
+                "username/password request: version 5, expected 1"
+            ],
+        )
 
     def test_needsMore(self) -> None:
         negotiation = UsernamePasswordAuthentication().negotiate([], PEER)

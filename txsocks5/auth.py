@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from txsocks5 import wire
 from txsocks5.interfaces import AuthOutcome, IAuthenticator, IAuthNegotiation
+from txsocks5.ports import describeAddress
 
 __all__ = [
     "AuthOutcome",
@@ -104,7 +105,11 @@ class _UsernamePasswordNegotiation:
         try:
             parsed = wire.parseAuthRequest(data)
         except wire.ProtocolError as e:
-            log.info("Bad username/password request from {peer}: {error}", peer=self._peer, error=str(e))
+            log.info(
+                "Bad username/password request from {peer}: {error}",
+                peer=describeAddress(self._peer),
+                error=str(e),
+            )
             return _FAILED, len(data)
         if parsed is None:
             return None
