@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -98,7 +99,12 @@ class BindListenerTests(SynchronousTestCase):
     def test_expectedHost(self) -> None:
         """A peer from another address is turned away; the expected one gets in."""
         listener = self.listen(expectedHosts=["192.0.2.1"])
-        self.assertIsNone(connectPeer(self.factory(), "192.0.2.66"))
+        with capturedLogs() as events:
+            self.assertIsNone(connectPeer(self.factory(), "192.0.2.66"))
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            ["BIND refused a connection from unexpected peer 192.0.2.66:20"],
+        )
         self.assertNoResult(listener.peer)
         self.assertIsNotNone(connectPeer(self.factory(), "192.0.2.1"))
         self.assertEqual(listener.refused, 1)

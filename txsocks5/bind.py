@@ -14,7 +14,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from txsocks5 import wire
-from txsocks5.ports import listenInRange
+from txsocks5.ports import describeAddress, listenInRange
 from txsocks5.relay import TargetProtocol
 
 __all__ = ["BindListener", "PeerCheck"]
@@ -144,7 +144,10 @@ class BindListener:
             self._expectedPort is not None and port != self._expectedPort
         ):
             self.refused += 1
-            log.info("BIND refused a connection from unexpected peer {peer}", peer=addr)
+            log.info(
+                "BIND refused a connection from unexpected peer {peer}",
+                peer=describeAddress(addr) if addr is not None else "?",
+            )
             return False
         if self._allowPeer is not None and host is not None and not self._allowPeer(host, port or 0):
             self.refused += 1  # The rules said why, in their own log line.
