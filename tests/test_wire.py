@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -217,6 +218,15 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(Address.fromHost("10.0.0.1", 1), Address(AddressType.IPV4, "10.0.0.1", 1))
         self.assertEqual(Address.fromHost("::1", 1), Address(AddressType.IPV6, "::1", 1))
         self.assertEqual(Address.fromHost("a.test", 1), Address(AddressType.DOMAIN, "a.test", 1))
+
+    def test_fromHostIsAnAddressLikeAnyOther(self) -> None:
+        """
+        The address C{fromHost} makes without a second validation equals,
+        hashes and refuses changes like one made by the constructor.
+        """
+        fast, checked = Address.fromHost("10.0.0.1", 1), Address(AddressType.IPV4, "10.0.0.1", 1)
+        self.assertEqual((fast, hash(fast), repr(fast)), (checked, hash(checked), repr(checked)))
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, fast, "port", 2)
 
     def test_fromHostUnmapsIPv4(self) -> None:
         """IPv4-mapped IPv6 addresses (from dual-stack sockets) become IPv4."""

@@ -148,9 +148,7 @@ class Address:
     def _parsed(cls, type: AddressType, host: str, port: int) -> Address:
         """An address the parser has already checked: no second validation."""
         address = object.__new__(cls)
-        object.__setattr__(address, "type", type)
-        object.__setattr__(address, "host", host)
-        object.__setattr__(address, "port", port)
+        address.__dict__.update(type=type, host=host, port=port)  # As a frozen __init__ would.
         return address
 
     @classmethod
