@@ -37,7 +37,12 @@ from twisted.internet import reactor as _globalReactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -858,6 +863,15 @@ class TwistdProtocol(ProcessProtocol):
         return not self.ended.called
 
 
+async def killTwistd(proto: TwistdProtocol) -> None:
+    """Kill the child twistd of C{proto}, if it still runs, and wait until it has ended."""
+    if not proto.running:
+        return
+    with suppress(ProcessExitedAlready):  # Reaped already, but not yet reported to proto.
+        proto.transport.signalProcess("KILL")  # type: ignore[union-attr]
+    await proto.ended.addTimeout(10, reactor)
+
+
 async def startTwistd(
     testCase: TestCase,
     *socks5Args: str,
@@ -883,13 +897,7 @@ async def startTwistd(
     argv = twistdCommand(*options, "socks5", *socks5Args)
     reactor.spawnProcess(proto, argv[0], argv, env=childEnvironment(), path=workdir)
 
-    async def stop() -> None:
-        if not proto.running:
-            return
-        proto.transport.signalProcess("KILL")  # type: ignore[union-attr]
-        await proto.ended.addTimeout(10, reactor)
-
-    testCase.addCleanup(stop)
+    testCase.addCleanup(killTwistd, proto)
     if logFile is not None:
         for _ in range(int(startTimeout / 0.05)):
             if not proto.running or proto.listening.called:

@@ -35,6 +35,7 @@ from tests.support import (
     IntegrationTestCase,
     TwistdProtocol,
     childEnvironment,
+    killTwistd,
     listenTCP,
     reactor,
     readReply,
@@ -704,12 +705,7 @@ class OutOfDescriptorsTests(IntegrationTestCase):
         ]
         reactor.spawnProcess(proto, argv[0], argv, env=childEnvironment(), path=workdir)
 
-        async def stop() -> None:
-            if proto.running:
-                proto.transport.signalProcess("KILL")  # type: ignore[union-attr]
-                await proto.ended.addTimeout(10, reactor)
-
-        self.addCleanup(stop)
+        self.addCleanup(killTwistd, proto)
         await proto.listening.addTimeout(20, reactor)
         return proto
 
