@@ -39,17 +39,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OURS = "txsocks5"
 
-#: The figures compared: (label, test, result key, field, lower is better).
-FIGURES: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("bulk upload, MB/s", "bulk", "bulk_upload", "MBps", False),
-    ("bulk download, MB/s", "bulk", "bulk_download", "MBps", False),
-    ("connections/s", "connrate", "connrate", "per_s", False),
-    ("latency p50, us", "latency", "latency", "p50_us", True),
-    ("latency p99, us", "latency", "latency", "p99_us", True),
-    ("UDP round trips/s", "udp", "udp", "per_s", False),
-    ("KiB per idle tunnel (PSS)", "memory", "memory", "kib_per_tunnel_pss", True),
-    ("backpressure growth, KiB", "backpressure", "backpressure", "peak_growth_kib", True),
-    ("start-up, s", "startup", "startup", "secs", True),
+#: The figures compared: (label, test, result key, field).
+FIGURES: tuple[tuple[str, str, str, str], ...] = (
+    ("bulk upload, MB/s", "bulk", "bulk_upload", "MBps"),
+    ("bulk download, MB/s", "bulk", "bulk_download", "MBps"),
+    ("connections/s", "connrate", "connrate", "per_s"),
+    ("latency p50, us", "latency", "latency", "p50_us"),
+    ("latency p99, us", "latency", "latency", "p99_us"),
+    ("UDP round trips/s", "udp", "udp", "per_s"),
+    ("KiB per idle tunnel (PSS)", "memory", "memory", "kib_per_tunnel_pss"),
+    ("backpressure growth, KiB", "backpressure", "backpressure", "peak_growth_kib"),
+    ("start-up, s", "startup", "startup", "secs"),
 )
 
 Results = dict[str, dict[str, object]]
@@ -109,7 +109,7 @@ def run_once(cmd: str | None, tests: str, passed: list[str], out: Path) -> Resul
     ran = json.loads(out.read_text())
     results: Results = ran["results"]
     why = " / ".join(ran.get("notes") or []) or "no result"
-    for _label, test, key, _field, _lower in FIGURES:
+    for _label, test, key, _field in FIGURES:
         if test in tests.split(",") and key not in results:
             results[key] = {"error": why}  # E.g. the server did not start.
     return results
@@ -144,7 +144,7 @@ def report(names: list[str], rounds: list[dict[str, Results]], tests: set[str]) 
     others = [name for name in names if name != OURS]
     header = ["figure", *names, *(f"{OURS}/{name}" for name in others)]
     rows = [header]
-    for label, test, key, field, _lower in FIGURES:
+    for label, test, key, field in FIGURES:
         if test not in tests:
             continue
         row = [label]

@@ -9,7 +9,7 @@ import errno
 from typing import Any
 
 from twisted.internet import defer, error
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fakes import FakeUDPReactor, HalfCloseableStringTransport
 from txsocks5 import server, wire
 from txsocks5.bind import BindListener, PeerCheck
-from txsocks5.ports import resolveName
+from txsocks5.ports import describeAddress, resolveName
 from txsocks5.server import SOCKS5Factory, SOCKS5ServerProtocol
 
 
@@ -248,6 +248,20 @@ class ServerBindTests(SynchronousTestCase):
         protocol, transport = self.bind(wire.Address(wire.AddressType.DOMAIN, name, 21))
         self.assertEqual(self.replies(transport)[0].reply, wire.Reply.HOST_UNREACHABLE)
         self.assertEqual(self.reactor.tcpServers, [])
+
+
+class DescribeAddressTests(SynchronousTestCase):
+    """L{describeAddress}, which log lines about clients and peers use."""
+
+    def test_addresses(self) -> None:
+        """IPv4, IPv6 (brackets) and IPv4-mapped IPv6 (as IPv4), each with its port."""
+        self.assertEqual(describeAddress(IPv4Address("TCP", "192.0.2.1", 20)), "192.0.2.1:20")
+        self.assertEqual(describeAddress(IPv6Address("TCP", "2001:db8::1", 20)), "[2001:db8::1]:20")
+        self.assertEqual(describeAddress(IPv6Address("TCP", "::ffff:192.0.2.1", 20)), "192.0.2.1:20")
+
+    def test_noAddress(self) -> None:
+        """No address at all is shown as C{?}."""
+        self.assertEqual(describeAddress(None), "?")
 
 
 class ResolveNameTests(SynchronousTestCase):

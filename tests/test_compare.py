@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +16,6 @@ def _loadCompare() -> ModuleType:
     spec = importlib.util.spec_from_file_location("_bench_compare", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # Dataclasses and annotations look modules up.
     spec.loader.exec_module(module)
     return module
 

@@ -146,7 +146,7 @@ class BindListener:
             self.refused += 1
             log.info(
                 "BIND refused a connection from unexpected peer {peer}",
-                peer=describeAddress(addr) if addr is not None else "?",
+                peer=describeAddress(addr),
             )
             return False
         if self._allowPeer is not None and host is not None and not self._allowPeer(host, port or 0):

@@ -23,11 +23,14 @@ __all__ = ["describeAddress", "listenInRange", "localAddressFacing", "resolveNam
 P = TypeVar("P")
 
 
-def describeAddress(address: IAddress) -> str:
+def describeAddress(address: IAddress | None) -> str:
     """
     A client, server or listening address as C{host:port} (C{[v6]:port}),
-    with IPv4-mapped IPv6 shown as plain IPv4; a UNIX socket as its path.
+    with IPv4-mapped IPv6 shown as plain IPv4; a UNIX socket as its path;
+    C{"?"} for no address.
     """
+    if address is None:
+        return "?"
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if isinstance(host, str) and isinstance(port, int):

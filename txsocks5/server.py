@@ -867,7 +867,7 @@ class SOCKS5Factory(Factory):
             return
         log.warn(
             "Refused {client}: {reason}{more}",
-            client=describeAddress(addr) if addr is not None else "?",
+            client=describeAddress(addr),
             reason=reason,
             more=f" ({suppressed} more refused like it, not logged)" if suppressed else "",
         )

@@ -293,10 +293,14 @@ class UDPHeader:
         return b"\x00\x00" + bytes([self.fragment]) + self.address.encode()
 
 
-#: The length of DST.ADDR for the IP literal ATYPs.
-_IP_ADDRESS_SIZES: Mapping[int, int] = {AddressType.IPV4: 4, AddressType.IPV6: 16}
+#: The length of DST.ADDR for each IP literal ATYP.
+_IPV4_SIZE = 4
+_IPV6_SIZE = 16
 
-UDP_IP_HEADER_SIZES: Mapping[int, int] = {atyp: 3 + 1 + size + 2 for atyp, size in _IP_ADDRESS_SIZES.items()}
+UDP_IP_HEADER_SIZES: Mapping[int, int] = {
+    AddressType.IPV4: 3 + 1 + _IPV4_SIZE + 2,
+    AddressType.IPV6: 3 + 1 + _IPV6_SIZE + 2,
+}
 """
 The length of a UDP request header (RSV, FRAG, ATYP, DST.ADDR, DST.PORT) by
 its ATYP, for the two whose address is an IP literal: a datagram's payload
@@ -337,13 +341,13 @@ def _parseAddress(data: bytes, offset: int) -> tuple[Address, int] | None:
         return None
     atyp = data[offset]
     if atyp == AddressType.IPV4:
-        end = offset + 1 + _IP_ADDRESS_SIZES[atyp]
+        end = offset + 1 + _IPV4_SIZE
         if len(data) < end + 2:
             return None
         host = f"{data[offset + 1]}.{data[offset + 2]}.{data[offset + 3]}.{data[offset + 4]}"
         kind = AddressType.IPV4
     elif atyp == AddressType.IPV6:
-        end = offset + 1 + _IP_ADDRESS_SIZES[atyp]
+        end = offset + 1 + _IPV6_SIZE
         if len(data) < end + 2:
             return None
         host = str(ipaddress.IPv6Address(data[offset + 1 : end]))
