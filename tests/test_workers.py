@@ -12,6 +12,7 @@ import socket
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger, LogLevel, eventAsJSON, formatEventAsClassicLogText
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,8 +28,9 @@ from tests.support import (
     waitFor,
 )
 from tests.test_integration import echoRoundTrip, startEcho
+from txsocks5.accounting import Session, logSession
 from txsocks5.tap import Options
-from txsocks5.workers import WorkerLifetime, workerArguments
+from txsocks5.workers import MAX_LOG_LINE, WorkerLifetime, WorkerLogReader, workerArguments
 
 WORKER_STARTED = re.compile(rb"txsocks5 worker (\d+) started \(pid (\d+)\)")
 
@@ -56,6 +58,85 @@ class WorkerArgumentsTests(SynchronousTestCase):
     def test_usage(self) -> None:
         for args in (["--workers", "0"], ["--workers", "2", "--port", "unix:/tmp/txsocks5-test.sock"]):
             self.assertRaises(UsageError, Options().parseOptions, args)
+
+
+def record(event: dict[str, object]) -> bytes:
+    """An event as a worker writes it (L{txsocks5.workers.workerLogObserver})."""
+    return b"\x1e" + eventAsJSON(event).encode("ascii") + b"\n"
+
+
+class WorkerLogReaderTests(SynchronousTestCase):
+    """The parent logs its workers' events as the events they were."""
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, object]] = []
+        self.reader = WorkerLogReader(3, self.events.append)
+
+    def sessionEvent(self) -> dict[str, object]:
+        emitted: list[dict[str, object]] = []
+        logger = Logger(namespace="txsocks5.session", observer=emitted.append)
+        session = Session(client="127.0.0.1:5555", started=10.0, command="connect", outcome="succeeded")
+        session.bytesUp, session.destination = 16, "127.0.0.1:80"
+        from txsocks5 import accounting
+
+        self.patch(accounting, "log", logger)
+        logSession(session, 12.5)
+        return emitted[0]
+
+    def test_structuredEvent(self) -> None:
+        """A session event keeps its fields and time, and says which worker logged it."""
+        self.reader.dataReceived(record(self.sessionEvent()))
+        [event] = self.events
+        self.assertEqual((event["bytesUp"], event["outcome"], event["log_time"]), (16, "succeeded", 12.5))
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual(event["worker"], 3)
+        text = formatEventAsClassicLogText(event)
+        self.assertIn("[txsocks5.session#info,worker 3] session succeeded: client=127.0.0.1:5555", text)
+
+    def test_systemAsTextLogsShowIt(self) -> None:
+        """An event without a system gets the one a text log would show, plus its worker."""
+        emitted: list[dict[str, object]] = []
+        Logger(namespace="txsocks5.server", observer=emitted.append).warn("refused {n}", n=1)
+        self.reader.dataReceived(record(emitted[0]))
+        self.assertEqual(self.events[0]["log_system"], "txsocks5.server#warn,worker 3")
+        self.assertIn("refused 1", formatEventAsClassicLogText(self.events[0]))
+
+    def test_splitRecords(self) -> None:
+        """Records arrive in any pieces; each is logged once it is whole."""
+        data = record(self.sessionEvent()) * 3
+        for i in range(0, len(data), 7):
+            self.reader.dataReceived(data[i : i + 7])
+        self.assertEqual([e["bytesUp"] for e in self.events], [16, 16, 16])
+
+    def test_failure(self) -> None:
+        """An error a worker logs keeps its traceback."""
+        emitted: list[dict[str, object]] = []
+        try:
+            raise ZeroDivisionError("in a worker")
+        except ZeroDivisionError:
+            Logger(observer=emitted.append).failure("broke")
+        self.reader.dataReceived(record(emitted[0]))
+        text = formatEventAsClassicLogText(self.events[0])
+        self.assertIn("broke", text)
+        self.assertIn("ZeroDivisionError", text)
+
+    def test_text(self) -> None:
+        """Lines that are not records (a usage error) are logged as text, even unfinished."""
+        self.reader.dataReceived(b"twistd: Wrong number of arguments.\n\n\x1e{not json\nlast")
+        self.reader.finish()
+        texts = [formatEventAsClassicLogText(e) for e in self.events]
+        self.assertEqual(len(texts), 3, texts)
+        self.assertIn("[txsocks5.worker] twistd: Wrong number of arguments.", texts[0])
+        self.assertIn("{not json", texts[1])
+        self.assertIn("last", texts[2])
+        self.assertEqual({e["worker"] for e in self.events}, {3})
+
+    def test_endlessLine(self) -> None:
+        """Output without line ends is logged in bounded pieces rather than kept."""
+        for _ in range(3):
+            self.reader.dataReceived(b"x" * (MAX_LOG_LINE // 2 + 1))
+        self.assertEqual(len(self.events), 1)
+        self.assertLessEqual(len(self.reader._buffer), MAX_LOG_LINE)
 
 
 class WorkerLifetimeTests(SynchronousTestCase):
@@ -114,6 +195,34 @@ class WorkerPoolTests(IntegrationTestCase):
 
         await deferToThread(clients)
         await waitFor(lambda: bytes(child.output).count(b"session succeeded") >= 12, 10, "12 sessions logged")
+
+    async def test_oneLog(self) -> None:
+        """
+        The workers' events go to the parent's log (here C{--logfile}), each
+        marked with its worker, and nothing to the terminal.
+        """
+        logFile = os.path.abspath(self.mktemp())
+        child = await startTwistd(
+            self, "--workers", "2", "--port", "tcp:0:interface=127.0.0.1", logFile=logFile
+        )
+        port = await child.listening
+        log = lambda: open(logFile, "rb").read()  # noqa: E731
+        await waitFor(lambda: log().count(b"methods: none") >= 2, 20, "the workers serving")
+        _, targetPort = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(("127.0.0.1", port), "127.0.0.1", targetPort)
+            with sock:
+                return echoRoundTrip(sock)
+
+        for _ in range(4):
+            self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        sessions = re.compile(
+            rb"\[txsocks5\.session#info,worker [01]\] session succeeded: .* destination=127"
+        )
+        await waitFor(lambda: len(sessions.findall(log())) >= 4, 10, "4 sessions logged")
+        self.assertEqual(len(re.findall(rb"serving SOCKS5 on .*; methods: none", log())), 2)
+        self.assertEqual(bytes(child.output), b"")
 
     async def test_sigtermStopsAll(self) -> None:
         child, port, pids = await self.startPool()

@@ -9,6 +9,12 @@ that accepted the client.  The kernel spreads new connections over the
 workers.  A worker that dies is started again; stopping the parent
 (SIGTERM) stops every worker; a worker whose parent is gone (its stdin
 closes) stops too.  SIGHUP to the parent is passed on to every worker.
+
+A worker logs every event as JSON on its standard output
+(L{workerLogObserver}); the parent reads them (L{WorkerLogReader}) and
+logs them through its own observers, so that one log (the parent's
+C{--logfile}, with its rotation, C{--syslog}, or its stdout) holds every
+process's events, each marked with its worker.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 
@@ -24,12 +31,19 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventFromJSON,
+    globalLogPublisher,
+    jsonFileLogObserver,
+)
 from twisted.python.failure import Failure
 
 from txsocks5.server import describeAddress
 
-__all__ = ["WorkerPool", "WorkerLifetime", "workerArguments"]
+__all__ = ["WorkerPool", "WorkerLifetime", "WorkerLogReader", "workerArguments", "workerLogObserver"]
 
 log = Logger()
 
@@ -40,6 +54,12 @@ RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
+
+#: A worker's twistd options: no pid file, no daemon, log with L{workerLogObserver}.
+_WORKER_TWISTD_OPTIONS = ("--pidfile=", "-n", "--logger=txsocks5.workers.workerLogObserver")
+
+#: The most bytes of a worker's output kept while no line end comes.
+MAX_LOG_LINE = 1 << 20
 
 
 def workerArguments(arguments: Sequence[str]) -> list[str]:
@@ -68,6 +88,81 @@ class _Unused(Factory):
         return None
 
 
+def workerLogObserver() -> ILogObserver:
+    """
+    The log observer of a worker of C{--workers} (its twistd's C{--logger}):
+    each event as a JSON record on the worker's standard output, for its
+    parent's L{WorkerLogReader}.
+    """
+    return jsonFileLogObserver(sys.stdout)
+
+
+class WorkerLogReader:
+    """
+    Logs, through the parent's observers, what one worker writes on its
+    standard output: its JSON log records as the events they were, and any
+    other line (a usage error before the worker's logging began) as text.
+    Each event's C{log_system} gains C{",worker N"}, and its field
+    C{worker} says N.
+
+    @param index: the worker's number.
+    @param publish: where the events go (the global log publisher).
+    """
+
+    def __init__(self, index: int, publish: ILogObserver = globalLogPublisher) -> None:
+        self.index = index
+        self.publish = publish
+        self._suffix = f",worker {index}"
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Log every complete line of C{data} (with what came before it)."""
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        if len(self._buffer) > MAX_LOG_LINE:
+            lines.append(self._buffer)
+            self._buffer = b""
+        for line in lines:
+            self._logLine(line)
+
+    def finish(self) -> None:
+        """Log what is left of an unfinished last line (the worker ended)."""
+        if self._buffer:
+            self._logLine(self._buffer)
+            self._buffer = b""
+
+    def _logLine(self, line: bytes) -> None:
+        event = None
+        if line.startswith(b"\x1e"):
+            with suppress(ValueError, TypeError, AttributeError):
+                event = eventFromJSON(line[1:].decode("utf-8", "replace"))
+        if not isinstance(event, dict):
+            text = line.decode("utf-8", "replace").rstrip()
+            if not text:
+                return
+            event = {
+                "log_format": "{text}",
+                "text": text,
+                "log_level": LogLevel.info,
+                "log_namespace": "txsocks5.worker",
+                "log_system": "txsocks5.worker",
+                "log_time": time.time(),
+            }
+        else:
+            event["log_system"] = _system(event) + self._suffix
+        event.setdefault("worker", self.index)
+        self.publish(event)
+
+
+def _system(event: dict[str, object]) -> str:
+    """The system a text log shows for C{event}, as Twisted's would make it."""
+    system = event.get("log_system")
+    if system is not None:
+        return str(system)
+    level = event.get("log_level")
+    return f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+
+
 class _Worker(ProcessProtocol):
     """One worker process, as the parent sees it."""
 
@@ -75,11 +170,16 @@ class _Worker(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: Deferred[None] = Deferred()
+        self.log = WorkerLogReader(index)
 
     def connectionMade(self) -> None:
         log.info("txsocks5 worker {index} started (pid {pid})", index=self.index, pid=self.transport.pid)  # type: ignore[union-attr]
 
+    def outReceived(self, data: bytes) -> None:
+        self.log.dataReceived(data)
+
     def processEnded(self, reason: Failure) -> None:
+        self.log.finish()
         self.ended.callback(None)
         self.pool._workerEnded(self, reason)
 
@@ -174,8 +274,10 @@ class WorkerPool(Service):
 
     def _spawn(self, index: int) -> None:
         worker = _Worker(self, index)
-        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
-        arguments = [sys.executable, "-c", _TWISTD, "--pidfile=", "-n", "socks5", *self.arguments]
+        # Its stdout carries its log (for the parent to log); its stderr is
+        # the parent's, for what a worker says before its logging begins.
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: 2}
+        arguments = [sys.executable, "-c", _TWISTD, *_WORKER_TWISTD_OPTIONS, "socks5", *self.arguments]
         for fd, port in enumerate(self.ports, start=3):
             childFDs[fd] = port.fileno()  # type: ignore[attr-defined]
             family = socket.AF_INET6 if ":" in port.getHost().host else socket.AF_INET  # type: ignore[attr-defined]
