@@ -131,6 +131,13 @@ class WorkerLogReaderTests(SynchronousTestCase):
         self.assertIn("last", texts[2])
         self.assertEqual({e["worker"] for e in self.events}, {3})
 
+    def test_oddRecords(self) -> None:
+        """Records a worker would not write are logged as text, not dropped or raised."""
+        odd = [b"[1, 2]", b'{"log_level": {"name": "loud"}, "log_format": "x"}', b"\xff"]
+        self.reader.dataReceived(b"".join(b"\x1e" + record + b"\n" for record in odd))
+        self.assertEqual(len(self.events), 3)
+        self.assertEqual({e["log_namespace"] for e in self.events}, {"txsocks5.worker"})
+
     def test_endlessLine(self) -> None:
         """Output without line ends is logged in bounded pieces rather than kept."""
         for _ in range(3):

@@ -19,12 +19,14 @@ process's events, each marked with its worker.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import error
@@ -33,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamSer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import (
     ILogObserver,
+    InvalidLogLevelError,
     Logger,
     LogLevel,
     eventFromJSON,
@@ -132,11 +135,8 @@ class WorkerLogReader:
             self._buffer = b""
 
     def _logLine(self, line: bytes) -> None:
-        event = None
-        if line.startswith(b"\x1e"):
-            with suppress(ValueError, TypeError, AttributeError):
-                event = eventFromJSON(line[1:].decode("utf-8", "replace"))
-        if not isinstance(event, dict):
+        event = _eventFromRecord(line[1:]) if line.startswith(b"\x1e") else None
+        if event is None:
             text = line.decode("utf-8", "replace").rstrip()
             if not text:
                 return
@@ -152,6 +152,43 @@ class WorkerLogReader:
             event["log_system"] = _system(event) + self._suffix
         event.setdefault("worker", self.index)
         self.publish(event)
+
+
+def _eventFromRecord(record: bytes) -> dict[str, Any] | None:
+    """
+    The event in a JSON record of L{jsonFileLogObserver}, or C{None} if
+    C{record} is not one.  Twisted's L{eventFromJSON} decodes the records
+    that need it (a failure's); the common ones, whose only encoded object
+    is their level, are decoded here in half its time.
+    """
+    try:
+        event = json.loads(record)
+    except ValueError:  # Not JSON, or not UTF-8
+        return None
+    if not isinstance(event, dict):
+        return None
+    level = event.get("log_level")
+    try:
+        if any(isinstance(v, dict) and "__class_uuid__" in v for k, v in event.items() if k != "log_level"):
+            raise ValueError("more than a level to decode")
+        if isinstance(level, dict):
+            event["log_level"] = LogLevel.levelWithName(level["name"])
+    except (ValueError, KeyError, TypeError, InvalidLogLevelError):
+        try:
+            event = eventFromJSON(record.decode("utf-8"))
+        except (ValueError, TypeError, AttributeError, KeyError):
+            return None
+        if not isinstance(event, dict) or not _isLevel(event.get("log_level", LogLevel.info)):
+            return None
+    return event
+
+
+def _isLevel(level: object) -> bool:
+    """Whether C{level} is a L{LogLevel}."""
+    try:
+        return LogLevel.levelWithName(level.name) is level  # type: ignore[attr-defined]
+    except (AttributeError, InvalidLogLevelError):
+        return False
 
 
 def _system(event: dict[str, object]) -> str:
