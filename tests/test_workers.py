@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
@@ -176,6 +177,18 @@ class WorkerPoolTests(IntegrationTestCase):
         pids = [int(pid) for _, pid in WORKER_STARTED.findall(bytes(child.output))]
         return child, port, pids
 
+    async def fourTunnels(self, port: int) -> None:
+        """Echo through four tunnels of the pool on C{port}, one after another."""
+        _, targetPort = await startEcho(self)
+
+        def client() -> bytes:
+            sock, _ = socksConnect(("127.0.0.1", port), "127.0.0.1", targetPort)
+            with sock:
+                return echoRoundTrip(sock)
+
+        for _ in range(4):
+            self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+
     async def test_servesEveryCommand(self) -> None:
         """CONNECT, UDP ASSOCIATE and BIND all work through the pool."""
         child, port, pids = await self.startPool()
@@ -213,17 +226,9 @@ class WorkerPoolTests(IntegrationTestCase):
             self, "--workers", "2", "--port", "tcp:0:interface=127.0.0.1", logFile=logFile
         )
         port = await child.listening
-        log = lambda: open(logFile, "rb").read()  # noqa: E731
+        log = Path(logFile).read_bytes
         await waitFor(lambda: log().count(b"methods: none") >= 2, 20, "the workers serving")
-        _, targetPort = await startEcho(self)
-
-        def client() -> bytes:
-            sock, _ = socksConnect(("127.0.0.1", port), "127.0.0.1", targetPort)
-            with sock:
-                return echoRoundTrip(sock)
-
-        for _ in range(4):
-            self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        await self.fourTunnels(port)
         sessions = re.compile(
             rb"\[txsocks5\.session#info,worker [01]\] session succeeded: .* destination=127"
         )
@@ -243,15 +248,7 @@ class WorkerPoolTests(IntegrationTestCase):
         os.kill(pids[0], signal.SIGKILL)
         await waitFor(lambda: b"starting it again" in bytes(child.output), 15, "the restart")
         await waitFor(lambda: len(WORKER_STARTED.findall(bytes(child.output))) >= 3, 15, "a new worker")
-        _, targetPort = await startEcho(self)
-
-        def client() -> bytes:
-            sock, _ = socksConnect(("127.0.0.1", port), "127.0.0.1", targetPort)
-            with sock:
-                return echoRoundTrip(sock)
-
-        for _ in range(4):
-            self.assertEqual(await deferToThread(client), b"ping through the tunnel")
+        await self.fourTunnels(port)
 
     async def test_sighupPassedOn(self) -> None:
         """SIGHUP to the parent reaches every worker, and none dies of it."""
