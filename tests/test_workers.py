@@ -29,6 +29,7 @@ from tests.support import (
     waitFor,
 )
 from tests.test_integration import echoRoundTrip, startEcho
+from txsocks5 import accounting
 from txsocks5.accounting import Session, logSession
 from txsocks5.tap import Options
 from txsocks5.workers import MAX_LOG_LINE, WorkerLifetime, WorkerLogReader, workerArguments
@@ -78,8 +79,6 @@ class WorkerLogReaderTests(SynchronousTestCase):
         logger = Logger(namespace="txsocks5.session", observer=emitted.append)
         session = Session(client="127.0.0.1:5555", started=10.0, command="connect", outcome="succeeded")
         session.bytesUp, session.destination = 16, "127.0.0.1:80"
-        from txsocks5 import accounting
-
         self.patch(accounting, "log", logger)
         logSession(session, 12.5)
         return emitted[0]
@@ -135,7 +134,7 @@ class WorkerLogReaderTests(SynchronousTestCase):
     def test_oddRecords(self) -> None:
         """Records a worker would not write are logged as text, not dropped or raised."""
         odd = [b"[1, 2]", b'{"log_level": {"name": "loud"}, "log_format": "x"}', b"\xff"]
-        self.reader.dataReceived(b"".join(b"\x1e" + record + b"\n" for record in odd))
+        self.reader.dataReceived(b"".join(b"\x1e" + text + b"\n" for text in odd))
         self.assertEqual(len(self.events), 3)
         self.assertEqual({e["log_namespace"] for e in self.events}, {"txsocks5.worker"})
 

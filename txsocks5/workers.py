@@ -43,6 +43,7 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 from twisted.python.failure import Failure
+from twisted.python.reflect import fullyQualifiedName
 
 from txsocks5.server import describeAddress
 
@@ -57,9 +58,6 @@ RESTART_DELAY = 1.0
 STOP_TIMEOUT = 10.0
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
-
-#: A worker's twistd options: no pid file, no daemon, log with L{workerLogObserver}.
-_WORKER_TWISTD_OPTIONS = ("--pidfile=", "-n", "--logger=txsocks5.workers.workerLogObserver")
 
 #: The most bytes of a worker's output kept while no line end comes.
 MAX_LOG_LINE = 1 << 20
@@ -163,32 +161,32 @@ def _eventFromRecord(record: bytes) -> dict[str, Any] | None:
     """
     try:
         event = json.loads(record)
-    except ValueError:  # Not JSON, or not UTF-8
+        if isinstance(event, dict) and any(
+            isinstance(v, dict) and "__class_uuid__" in v for k, v in event.items() if k != "log_level"
+        ):
+            event = eventFromJSON(record.decode("utf-8"))
+    except (ValueError, TypeError, AttributeError, KeyError):  # Not JSON, not UTF-8, or not Twisted's
         return None
     if not isinstance(event, dict):
         return None
-    level = event.get("log_level")
-    try:
-        if any(isinstance(v, dict) and "__class_uuid__" in v for k, v in event.items() if k != "log_level"):
-            raise ValueError("more than a level to decode")
-        if isinstance(level, dict):
-            event["log_level"] = LogLevel.levelWithName(level["name"])
-    except (ValueError, KeyError, TypeError, InvalidLogLevelError):
-        try:
-            event = eventFromJSON(record.decode("utf-8"))
-        except (ValueError, TypeError, AttributeError, KeyError):
+    if "log_level" in event:
+        level = _level(event["log_level"])
+        if level is None:
             return None
-        if not isinstance(event, dict) or not _isLevel(event.get("log_level", LogLevel.info)):
-            return None
+        event["log_level"] = level
     return event
 
 
-def _isLevel(level: object) -> bool:
-    """Whether C{level} is a L{LogLevel}."""
+def _level(value: object) -> object | None:
+    """The L{LogLevel} that C{value} is or (as JSON) names, if any."""
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    if not isinstance(name, str):
+        return None
     try:
-        return LogLevel.levelWithName(level.name) is level  # type: ignore[attr-defined]
-    except (AttributeError, InvalidLogLevelError):
-        return False
+        level = LogLevel.levelWithName(name)
+    except InvalidLogLevelError:
+        return None
+    return level if isinstance(value, dict) or level is value else None
 
 
 def _system(event: dict[str, object]) -> str:
@@ -314,7 +312,9 @@ class WorkerPool(Service):
         # Its stdout carries its log (for the parent to log); its stderr is
         # the parent's, for what a worker says before its logging begins.
         childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: 2}
-        arguments = [sys.executable, "-c", _TWISTD, *_WORKER_TWISTD_OPTIONS, "socks5", *self.arguments]
+        # No pid file, no daemon, and its log for the parent (workerLogObserver).
+        twistdOptions = ["--pidfile=", "-n", f"--logger={fullyQualifiedName(workerLogObserver)}"]
+        arguments = [sys.executable, "-c", _TWISTD, *twistdOptions, "socks5", *self.arguments]
         for fd, port in enumerate(self.ports, start=3):
             childFDs[fd] = port.fileno()  # type: ignore[attr-defined]
             family = socket.AF_INET6 if ":" in port.getHost().host else socket.AF_INET  # type: ignore[attr-defined]
