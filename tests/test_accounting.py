@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, eventAsText, formatEvent, globalLogPublisher
+from twisted.logger import (
+    LogLevel,
+    eventAsJSON,
+    eventAsText,
+    eventFromJSON,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
 from txsocks5.accounting import Session, SessionLog, logSession
@@ -101,6 +108,18 @@ class LogSessionTests(SessionLogTestCase):
             "[txsocks5.session#info] session succeeded: client=127.0.0.1:1000 user=None "
             "command=CONNECT destination={0}.example:80 up=16 down=32 duration=2.500s",
         )
+
+    def test_jsonLine(self) -> None:
+        """
+        The event keeps its text through a JSON log (as a worker's events
+        reach the parent's log), braces included.
+        """
+        braced = session(1000, started=100.0)
+        braced.destination = "{0}.example:80"
+        logSession(braced, 102.5)
+        [event] = self.events
+        self.assertEqual(formatEvent(eventFromJSON(eventAsJSON(event))), formatEvent(event))
+        self.assertIn("destination={0}.example:80", formatEvent(event))
 
 
 class SessionLogTests(SessionLogTestCase):

@@ -88,7 +88,11 @@ def logSession(session: Session, ended: float) -> None:
     # session ended, also when the event is emitted later (SessionLog).  A
     # text observer formats every event it writes: the line itself (braces
     # escaped) as the format, and the system it would compute anyway, spare
-    # it a field lookup and a string format per session (18 -> 15 us).
+    # it a field lookup and a string format per session (18 -> 15 us).  The
+    # format has no fields, so its flattened fields (log_flattened, as
+    # twisted.logger.flattenEvent would make them) are none: given that, a
+    # text observer copies the format's text instead of running
+    # string.Formatter over the event (12.0 -> 10.7 us).
     log.observer(
         dict(
             log_logger=log,
@@ -97,6 +101,7 @@ def logSession(session: Session, ended: float) -> None:
             log_system=_SYSTEM,
             log_source=None,
             log_format=summary.replace("{", "{{").replace("}", "}}"),
+            log_flattened={},
             log_time=ended,
             summary=summary,
             outcome=session.outcome,
