@@ -781,6 +781,62 @@ class CloseTests(LeanTestCase):
         self.assertUnwatched(transport)
         self.assertEqual(await d, b"small")
 
+    async def test_loseConnectionNow(self) -> None:
+        """
+        With nothing buffered, loseConnectionNow() ends the connection
+        within the call; the peer reads what was sent, then EOF.
+        """
+        factory, port = await self.serve(ServerProtocol)
+
+        def client() -> bytes:
+            with connectTo((LOOPBACK4, port)) as sock:
+                return recvUntilClosed(sock)
+
+        d = deferToThread(client)
+        proto = await self.accepted(factory)
+        transport = proto.transport
+        transport.write(b"small")
+        self.assertEqual(transport._pendingSize, 0)
+        transport.loseConnectionNow()
+        self.assertEqual(proto.events, ["connectionMade", "connectionLost"])
+        self.assertTrue(proto.lostReason.check(error.ConnectionDone), proto.lostReason)
+        self.assertUnwatched(transport)
+        transport.loseConnectionNow()  # twice is harmless
+        self.assertEqual(proto.lostCount, 1)
+        self.assertEqual(await d, b"small")
+
+    async def test_loseConnectionNowFlushes(self) -> None:
+        """
+        With data buffered, loseConnectionNow() waits for it, as
+        loseConnection() does (also after a loseConnection() already
+        waiting); a client that starts reading late gets all of it.
+        """
+        data = pattern(8 * MiB, seed=4)
+        pending: list[int] = []
+
+        def sendAndClose(proto: Any) -> None:
+            proto.transport.write(data)
+            proto.transport.loseConnection()
+            proto.transport.loseConnectionNow()
+            pending.append(proto.transport._pendingSize)
+            pending.append(proto.lostCount)
+
+        factory, port = await self.serve(lambda: ServerProtocol(sendAndClose))
+
+        def client() -> bytes:
+            with connectTo((LOOPBACK4, port)) as sock:
+                time.sleep(0.3)
+                return recvUntilClosed(sock, limit=len(data))
+
+        received = await deferToThread(client)
+        self.assertEqual((len(received), sha(received)), (len(data), sha(data)))
+        proto = await self.accepted(factory)
+        await proto.done
+        self.assertGreater(pending[0], 0)
+        self.assertEqual(pending[1], 0)
+        self.assertEqual(proto.lostCount, 1)
+        self.assertUnwatched(proto.transport)
+
     async def test_abortConnection(self) -> None:
         """
         abortConnection() drops what is buffered; connectionLost() comes

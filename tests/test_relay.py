@@ -102,6 +102,39 @@ class RelayTests(SynchronousTestCase):
         self.assertIsNone(self.client.producer)
         self.assertIsNone(self.target.producer)
 
+    def test_secondFinCloses(self) -> None:
+        """
+        When the second direction ends, both connections are closed; the
+        one still open for writing is not half-closed first (closing sends
+        its FIN).
+        """
+        for first, second in (("client", "target"), ("target", "client")):
+            self.setUp()
+            relay = self.start()
+            getattr(relay, f"{first}ReadClosed")()
+            getattr(relay, f"{second}ReadClosed")()
+            halfClosed = getattr(self, second)  # by the first FIN
+            closedOnly = getattr(self, first)
+            self.assertTrue(halfClosed.writeClosed)
+            self.assertFalse(closedOnly.writeClosed)
+            self.assertTrue(halfClosed.disconnecting)
+            self.assertTrue(closedOnly.disconnecting)
+
+    def test_lostAfterBothEnded(self) -> None:
+        """
+        A connection lost once both directions ended (as closing them
+        reports) does not close the other again.
+        """
+        relay = self.start()
+        relay.clientReadClosed()
+        relay.targetReadClosed()
+        closes = []
+        self.target.loseConnection = lambda: closes.append("target")  # type: ignore[method-assign]
+        self.client.loseConnection = lambda: closes.append("client")  # type: ignore[method-assign]
+        relay.clientLost()
+        relay.targetLost()
+        self.assertEqual(closes, [])
+
     def test_targetHalfClose(self) -> None:
         relay = self.start()
         relay.targetReadClosed()

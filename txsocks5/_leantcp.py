@@ -389,6 +389,23 @@ class LeanConnection:
         else:
             self.reactor.callLater(0, self._closeIfFlushed)
 
+    def loseConnectionNow(self) -> None:
+        """
+        Close as L{loseConnection} does, except that with nothing left to
+        send the connection closes within this call, and the protocol hears
+        of it before this returns: for a caller that is ready for that.
+        """
+        if not self.connected or self._aborting:
+            return
+        producer = self.producer
+        if self._pendingSize or (
+            producer is not None and (not self.streamingProducer or self.producerPaused)
+        ):
+            self.loseConnection()  # doWrite closes once it may.
+            return
+        self.disconnecting = True
+        self.connectionLost(_DONE)
+
     def _closeIfFlushed(self) -> None:
         if self.connected and not self._writing:  # Else doWrite closes once the rest is sent.
             self.connectionLost(_DONE)

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsocks5._fastpath import canWriteDirectly, shutdownWriteDirectly, writeDirectly, writePublicly
-from txsocks5._leantcp import lendReadsTo
+from txsocks5._leantcp import LeanConnection, lendReadsTo
 from txsocks5.deadlines import Deadlines
 from txsocks5.interfaces import IConnectingFactory
 
@@ -88,6 +88,19 @@ def _shutdownWrite(transport: ITransport) -> None:
     loseWrite = getattr(transport, "loseWriteConnection", None)
     if loseWrite is not None:
         loseWrite()
+    else:
+        transport.loseConnection()
+
+
+def _loseConnectionNow(transport: ITransport) -> None:
+    """
+    Close C{transport} once what it holds is sent; a lean connection with
+    nothing left to send closes within this call (the relay is ready for
+    its protocol to hear of it at once), which spares a trip through the
+    reactor.
+    """
+    if isinstance(transport, LeanConnection):
+        transport.loseConnectionNow()
     else:
         transport.loseConnection()
 
@@ -199,8 +212,11 @@ class TCPRelay:
         self._upEnded = True
         # Nothing more will be read from the client: stop it being resumed.
         self._stopClientProducing()
-        _shutdownWrite(self.target)
-        self._halfClosed()
+        if self._downEnded:
+            self._bothEnded()
+        else:
+            _shutdownWrite(self.target)
+            self._halfClosed()
 
     def targetReadClosed(self) -> None:
         """The target sent a FIN: half-close towards the client."""
@@ -208,24 +224,39 @@ class TCPRelay:
             return
         self._downEnded = True
         self._stopTargetProducing()
-        _shutdownWrite(self.client)
-        self._halfClosed()
+        if self._upEnded:
+            self._bothEnded()
+        else:
+            _shutdownWrite(self.client)
+            self._halfClosed()
 
     def clientLost(self) -> None:
         """The client connection is gone: close the target once its data is sent."""
+        if self._finished:
+            return  # The target is being closed already.
         self._finish()
         self.target.loseConnection()
 
     def targetLost(self) -> None:
         """The target connection is gone: close the client once its data is sent."""
+        if self._finished:
+            return  # The client is being closed already.
         self._finish()
         self.client.loseConnection()
 
+    def _bothEnded(self) -> None:
+        """
+        Both directions have ended: close both connections once their data
+        is sent.  Closing sends the FIN that the second half-close would
+        have, so that one is not made (a C{shutdown()} less per tunnel).
+        """
+        self._finish()
+        _loseConnectionNow(self.target)
+        _loseConnectionNow(self.client)
+
     def _halfClosed(self) -> None:
         if self._upEnded and self._downEnded:
-            self._finish()
-            self.client.loseConnection()
-            self.target.loseConnection()
+            self._bothEnded()
         elif self._finWaitTimeout and not self._finWaiting:
             self._finWaiting = True
             if self._finWaitDeadlines is not None:
