@@ -6,6 +6,7 @@ both they and the public paths they replace carry data right.
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 from twisted.internet import error, tcp, udp
@@ -115,6 +116,123 @@ class BusyPollingReactorTests(SynchronousTestCase):
         self.reactor.wakeUp()  # Something to find: else a wait without a timeout never ends.
         self.reactor.doPoll(None)
         self.assertEqual(calls, [(self.reactor._poller, 0.001), (self.reactor._poller, -1)])
+
+
+class MainLoopTests(SynchronousTestCase):
+    """
+    FastEPollReactor.mainLoop: Twisted's loop, with the timed-call
+    bookkeeping only on the turns that need it.  Each test runs a reactor of
+    its own (not the global one), stopped by a guard timer at the latest.
+    """
+
+    def setUp(self) -> None:
+        if not _fastpath.fastReactorAvailable():
+            raise SkipTest("the fast reactor is not used with this Twisted")
+        self.reactor = _fastpath.FastEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.bookkeeping = 0
+        runUntilCurrent = self.reactor.runUntilCurrent
+
+        def counting() -> None:
+            self.bookkeeping += 1
+            runUntilCurrent()
+
+        self.reactor.runUntilCurrent = counting  # type: ignore[method-assign]
+        self.guard = self.reactor.callLater(10, self.reactor.stop)
+
+    def runReactor(self) -> None:
+        """Run the reactor until it stops; fail if the guard had to stop it."""
+        self.reactor.run(installSignalHandlers=False)
+        self.assertFalse(self.guard.called, "the guard timer stopped the reactor")
+
+    def pingPong(self, turns: int) -> list[int]:
+        """
+        Have the reactor read C{turns} bytes from a socket pair, one per
+        turn, each read sending the next byte; then stop.  Returns the
+        list the size of each read is appended to.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        a.setblocking(False)
+        reads: list[int] = []
+        reactor = self.reactor
+
+        class Reader:
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def logPrefix(self) -> str:
+                return "Reader"
+
+            def doRead(self) -> None:
+                reads.append(len(a.recv(16)))
+                if len(reads) < turns:
+                    b.send(b"x")
+                else:
+                    reactor.removeReader(self)
+                    reactor.stop()
+
+            def connectionLost(self, reason: object) -> None:
+                pass
+
+        reactor.addReader(Reader())  # type: ignore[arg-type]
+        reactor.callWhenRunning(b.send, b"x")
+        return reads
+
+    def test_ioTurnsSkipBookkeeping(self) -> None:
+        """Turns with only I/O to handle do not run the timed calls' bookkeeping."""
+        reads = self.pingPong(200)
+        self.runReactor()
+        self.assertEqual(reads, [1] * 200)
+        self.assertLess(self.bookkeeping, 20)
+
+    def test_stockLoop(self) -> None:
+        """With Twisted's internals not as checked, Twisted's own loop runs (bookkeeping every turn)."""
+        self.reactor._leanMainLoop = False
+        reads = self.pingPong(200)
+        self.runReactor()
+        self.assertEqual(reads, [1] * 200)
+        self.assertGreaterEqual(self.bookkeeping, 200)
+
+    def test_timedCallsAndThreads(self) -> None:
+        """
+        Timed calls run in order and on time (never waited past), cancelled
+        ones do not, and calls from other threads run: the reactor then
+        stops (its shutdown triggers fire).
+        """
+        reactor = self.reactor
+        ran: list[str] = []
+        started = reactor.seconds()
+        reactor.callLater(0.05, ran.append, "second")
+        reactor.callLater(0.01, ran.append, "first")
+        reactor.callLater(0.03, ran.append, "cancelled").cancel()
+        fromThread = threading.Thread(target=reactor.callFromThread, args=(ran.append, "thread"))
+        reactor.callLater(0.1, fromThread.start)
+        reactor.callLater(0.3, reactor.stop)
+        reactor.addSystemEventTrigger("after", "shutdown", ran.append, "shutdown")
+        self.runReactor()
+        fromThread.join(5)
+        self.assertEqual(ran, ["first", "second", "thread", "shutdown"])
+        self.assertLess(reactor.seconds() - started, 5)
+
+    def test_errorLogged(self) -> None:
+        """An error escaping a turn is logged, and the loop goes on."""
+        doIteration = self.reactor.doIteration
+        failures = []
+
+        def failOnce(timeout: float | None) -> None:
+            if not failures:
+                failures.append(timeout)
+                raise RuntimeError("a broken turn")
+            doIteration(timeout)
+
+        self.reactor.doIteration = failOnce  # type: ignore[method-assign]
+        reads = self.pingPong(5)
+        self.runReactor()
+        self.assertEqual(reads, [1] * 5)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class FastConnectTests(IntegrationTestCase):

@@ -14,7 +14,11 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   for C{--workers} and systemd sockets, and C{connectTCP} to an IP literal)
   use the lean transports of L{txsocks5._leantcp}: about 12% less CPU per
   short SOCKS5 session than Twisted's C{tcp.Server} and C{tcp.Client}.
-  It can also poll busily (C{setBusyPolling}, L{txsocks5.busypoll}).
+  It can also poll busily (C{setBusyPolling}, L{txsocks5.busypoll}).  Its
+  main loop runs Twisted's timed-call bookkeeping (C{runUntilCurrent},
+  C{timeout}) only on turns that have a timed call due or new, a call from
+  a thread or a stop: a turn that only relays data skips it (64-byte
+  ping-pong, four alternating runs: 20.7 -> 19.5 us of CPU per round trip).
 - L{writeDirectly}: a relay's write that sends straight to the socket when
   nothing is waiting in the transport's buffer, instead of buffering and
   waiting a trip through the poll loop for the socket to be writable.
@@ -43,6 +47,7 @@ from typing import Any
 from twisted.internet import error, tcp, udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
 from twisted.python.log import err
 
 from txsocks5._leantcp import LeanConnector, TunedLeanServer, tuneListeningSocket
@@ -107,6 +112,18 @@ _leanPortAvailable = (
 )
 
 
+#: The reactor attributes L{FastEPollReactor.mainLoop} reads: where Twisted
+#: keeps timed calls (new and pending), calls from threads and a stop.
+_MAIN_LOOP_STATE = ("_pendingTimedCalls", "_newTimedCalls", "threadCallQueue", "_justStopped")
+
+#: The longest wait Twisted's C{timeout()} allows (epoll_wait's limit, in seconds).
+_LONGEST_WAIT = 2147483
+
+#: Twisted's main loop logs as C{twisted.internet.base}; so does this one.
+_reactorLog = Logger(namespace="twisted.internet.base")
+_mainLoopFailures = _reactorLog.failureHandler("Unexpected error in main loop")
+
+
 class _LeanPort(tcp.Port):
     """
     A TCP listening port whose accepted connections are lean transports,
@@ -148,6 +165,10 @@ if epollreactor is not None:
                 self, LeanConnector._timedOut
             )
             self._busyPolling: BusyPolling | None = None
+            # Whether this Twisted keeps the state mainLoop reads as checked.
+            self._leanMainLoop = _twistedVersion() in TESTED_TWISTED and all(
+                hasattr(self, name) for name in _MAIN_LOOP_STATE
+            )
 
         def setBusyPolling(self, limit: float) -> None:
             """
@@ -204,6 +225,42 @@ if epollreactor is not None:
             self._reads.add(fd)
             self._writes.add(fd)
             self._selectables[fd] = selectable
+
+        def mainLoop(self) -> None:
+            """
+            Run Twisted's main loop, but call its timed-call bookkeeping
+            (C{runUntilCurrent} and C{timeout}) only on the turns that have
+            something for it: a timed call due or newly scheduled, a call
+            from another thread, or a stop to carry out.  Other turns only
+            work out how long to wait.  An error is logged and the loop goes
+            on, as Twisted's does.
+            """
+            if not self._leanMainLoop:
+                super().mainLoop()
+                return
+            while self._started:
+                with _mainLoopFailures:
+                    self._runTurns()
+            _reactorLog.info("Main loop terminated.")
+
+        def _runTurns(self) -> None:
+            seconds = self.seconds
+            doIteration = self.doIteration
+            while self._started:
+                pending = self._pendingTimedCalls
+                if (
+                    self.threadCallQueue
+                    or self._newTimedCalls
+                    or self._justStopped
+                    or (pending and pending[0].time <= seconds())
+                ):
+                    self.runUntilCurrent()
+                    timeout = self.timeout()
+                elif pending:
+                    timeout = min(pending[0].time - seconds(), _LONGEST_WAIT)
+                else:
+                    timeout = None
+                doIteration(timeout if self.running else 0)
 
         def doPoll(self, timeout: float | None) -> None:
             """Poll for events and dispatch each to its selectable."""
