@@ -13,6 +13,7 @@ from twisted.internet import error, tcp, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests import test_integration as integration
@@ -233,6 +234,76 @@ class MainLoopTests(SynchronousTestCase):
         self.runReactor()
         self.assertEqual(reads, [1] * 5)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ReadDispatchTests(SynchronousTestCase):
+    """
+    FastEPollReactor.doPoll calls doRead itself for an event that is only
+    readable, with what Twisted's _doReadOrWrite does with its result.
+    """
+
+    def setUp(self) -> None:
+        if not _fastpath.fastReactorAvailable():
+            raise SkipTest("the fast reactor is not used with this Twisted")
+        self.reactor = _fastpath.FastEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.a, self.b = socket.socketpair()
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+        self.lost: list[Failure] = []
+
+    def reader(self, doRead: Any) -> Any:
+        """A reader of the socket pair's first end, with C{doRead}, recording its end."""
+        a, lost = self.a, self.lost
+
+        class Reader:
+            def fileno(self) -> int:
+                return a.fileno()
+
+            def logPrefix(self) -> str:
+                return "Reader"
+
+            def connectionLost(self, reason: Failure) -> None:
+                lost.append(reason)
+
+        Reader.doRead = doRead  # type: ignore[attr-defined]
+        reader = Reader()
+        self.reactor.addReader(reader)  # type: ignore[arg-type]
+        return reader
+
+    def test_raises(self) -> None:
+        """A doRead that raises is logged, and its descriptor is disconnected with that error."""
+
+        def doRead(self: Any) -> None:
+            raise RuntimeError("broken reader")
+
+        reader = self.reader(doRead)
+        self.b.send(b"x")
+        self.reactor.doPoll(1)
+        [reason] = self.lost
+        self.assertTrue(reason.check(RuntimeError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+    def test_connectionLost(self) -> None:
+        """A doRead that returns ConnectionLost disconnects with it, unlogged."""
+        reader = self.reader(lambda self: error.ConnectionLost())
+        self.b.send(b"x")
+        self.reactor.doPoll(1)
+        [reason] = self.lost
+        self.assertTrue(reason.check(error.ConnectionLost))
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+    def test_keepsReading(self) -> None:
+        """A doRead that returns nothing stays a reader."""
+        reads: list[bytes] = []
+        a = self.a
+        reader = self.reader(lambda self: reads.append(a.recv(16)))
+        self.b.send(b"x")
+        self.reactor.doPoll(1)
+        self.assertEqual((reads, self.lost), ([b"x"], []))
+        self.assertIn(reader, self.reactor.getReaders())
 
 
 class FastConnectTests(IntegrationTestCase):
