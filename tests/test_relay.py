@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet import error
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import HalfCloseableStringTransport
+from txsocks5._fastpath import writePublicly
+from txsocks5._leantcp import LeanConnection
 from txsocks5.deadlines import Deadlines
-from txsocks5.relay import FIRST_READ_SIZE, READ_SIZE, TargetProtocol, TCPRelay
+from txsocks5.relay import FIRST_READ_SIZE, READ_SIZE, TargetProtocol, TCPRelay, _writerFor
 
 
 class RelayTests(SynchronousTestCase):
@@ -235,6 +240,31 @@ class RelayTests(SynchronousTestCase):
         relay.start(b"early", clientEnded=True)
         self.assertEqual(self.target.value(), b"early")
         self.assertTrue(self.target.writeClosed)
+
+
+class WriterTests(SynchronousTestCase):
+    """How a relay writes to each kind of transport."""
+
+    def test_lean(self) -> None:
+        """A lean connection is written with its class's own write (no bound method kept)."""
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+
+        class OwnWrite(LeanConnection):
+            def write(self, data: bytes) -> None:
+                super().write(data.upper())
+
+        for cls in (LeanConnection, OwnWrite):
+            connection = cls(a, None, MemoryReactor())
+            self.assertIs(_writerFor(connection), cls.write)
+        relay = TCPRelay(HalfCloseableStringTransport(), connection, Clock())
+        relay.clientData(b"through")
+        self.assertEqual(b.recv(16), b"THROUGH")
+
+    def test_other(self) -> None:
+        """Any other transport is written with its write."""
+        self.assertIs(_writerFor(HalfCloseableStringTransport()), writePublicly)
 
 
 class TargetProtocolTests(SynchronousTestCase):

@@ -92,6 +92,21 @@ def _shutdownWrite(transport: ITransport) -> None:
         transport.loseConnection()
 
 
+def _writerFor(transport: ITransport) -> Callable[[Any, bytes], None]:
+    """
+    The function a relay writes to C{transport} with, called with the
+    transport and the data: L{writeDirectly} for Twisted's TCP transports, a
+    lean connection's own C{write} (its class's function, so that a tunnel
+    keeps no bound method), else L{writePublicly}.
+    """
+    if canWriteDirectly(transport):
+        return writeDirectly
+    if isinstance(transport, LeanConnection):
+        write: Callable[[Any, bytes], None] = type(transport).write
+        return write
+    return writePublicly
+
+
 def _loseConnectionNow(transport: ITransport) -> None:
     """
     Close C{transport} once what it holds is sent; a lean connection with
@@ -161,12 +176,8 @@ class TCPRelay:
         self._finWaitCall: IDelayedCall | None = None
         self._lastTotal = -1
         # Module functions, not closures: nothing more to keep per tunnel.
-        self._writeTarget: Callable[[Any, bytes], None] = (
-            writeDirectly if canWriteDirectly(target) else writePublicly
-        )
-        self._writeClient: Callable[[Any, bytes], None] = (
-            writeDirectly if canWriteDirectly(client) else writePublicly
-        )
+        self._writeTarget = _writerFor(target)
+        self._writeClient = _writerFor(client)
 
     def start(self, pending: bytes = b"", clientEnded: bool = False) -> None:
         """
