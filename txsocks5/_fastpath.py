@@ -9,7 +9,8 @@ The speed-ups that rely on Twisted internals, kept in this one module.
   raises, or, for an event that is only readable (most of them), calls
   C{doRead} and handles its result as C{_doReadOrWrite} would, without
   its checks for the other events (with the main loop below: 20.6 -> 18.9
-  us of CPU per ping-pong round trip).  C{twistd socks5} installs it unless a reactor was chosen
+  us of CPU per ping-pong round trip).  C{twistd socks5} installs it
+  unless a reactor was chosen
   (C{twistd --reactor=...}); C{--reactor=txsocks5} chooses it for any
   twistd or trial run.  The only visible difference: legacy C{log.msg}
   lines from Twisted's own transports show C{-} instead of the protocol's
