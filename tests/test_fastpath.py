@@ -84,15 +84,25 @@ class TwistdReactorTests(IntegrationTestCase):
         self.assertIn(b"--busy-poll needs txsocks5's reactor, not EPollReactor: not polling busily", output)
 
 
+def privateFastReactor(case: SynchronousTestCase) -> Any:
+    """
+    A L{_fastpath.FastEPollReactor} of C{case}'s own (not the global
+    reactor), closed when it ends; C{case} is skipped where the fast reactor
+    is not used.
+    """
+    if not _fastpath.fastReactorAvailable():
+        raise SkipTest("the fast reactor is not used with this Twisted")
+    reactor = _fastpath.FastEPollReactor()
+    case.addCleanup(reactor._poller.close)
+    case.addCleanup(reactor.waker.connectionLost, None)
+    return reactor
+
+
 class BusyPollingReactorTests(SynchronousTestCase):
     """FastEPollReactor.setBusyPolling: the reactor's polls go through a BusyPolling."""
 
     def setUp(self) -> None:
-        if not _fastpath.fastReactorAvailable():
-            raise SkipTest("the fast reactor is not used with this Twisted")
-        self.reactor = _fastpath.FastEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
-        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.reactor = privateFastReactor(self)
 
     def test_setAndUnset(self) -> None:
         self.assertIsNone(self.reactor._busyPolling)
@@ -127,11 +137,7 @@ class MainLoopTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if not _fastpath.fastReactorAvailable():
-            raise SkipTest("the fast reactor is not used with this Twisted")
-        self.reactor = _fastpath.FastEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
-        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.reactor = privateFastReactor(self)
         self.bookkeeping = 0
         runUntilCurrent = self.reactor.runUntilCurrent
 
@@ -243,11 +249,7 @@ class ReadDispatchTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if not _fastpath.fastReactorAvailable():
-            raise SkipTest("the fast reactor is not used with this Twisted")
-        self.reactor = _fastpath.FastEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
-        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.reactor = privateFastReactor(self)
         self.a, self.b = socket.socketpair()
         self.addCleanup(self.a.close)
         self.addCleanup(self.b.close)

@@ -707,18 +707,19 @@ class HalfCloseTests(LeanTestCase):
 class CloseTests(LeanTestCase):
     """loseConnection(), abortConnection(), and the peer's reset."""
 
-    async def test_loseConnectionFlushes(self) -> None:
+    async def closeAfterWrite(self, close: Callable[[Any], None], seed: int) -> None:
         """
-        8 MiB written then loseConnection() at once: a client that starts
-        reading late gets all of it, then EOF; the reason is ConnectionDone.
+        8 MiB written then C{close(transport)} at once: a client that starts
+        reading late gets all of it, then EOF; the reason is ConnectionDone,
+        and connectionLost waited for the data.
         """
-        data = pattern(8 * MiB, seed=2)
+        data = pattern(8 * MiB, seed=seed)
         pending: list[int] = []
 
         def sendAndClose(proto: Any) -> None:
             proto.transport.write(data)
             pending.append(proto.transport._pendingSize)
-            proto.transport.loseConnection()
+            close(proto.transport)
             pending.append(proto.lostCount)
 
         factory, port = await self.serve(lambda: ServerProtocol(sendAndClose))
@@ -738,9 +739,13 @@ class CloseTests(LeanTestCase):
         self.assertEqual(proto.lostCount, 1)
         self.assertUnwatched(proto.transport)
 
-    async def test_loseConnectionLater(self) -> None:
-        """With nothing buffered, loseConnection() ends the connection a reactor turn later, not inside."""
-        factory, port = await self.serve(ServerProtocol)
+    async def wroteSmall(self, protocolFactory: Callable[[], Protocol]) -> tuple[Any, Deferred[bytes]]:
+        """
+        Accept a client with C{protocolFactory} and write it C{b"small"};
+        return the protocol and what the client reads until the connection
+        closes.
+        """
+        factory, port = await self.serve(protocolFactory)
 
         def client() -> bytes:
             with connectTo((LOOPBACK4, port)) as sock:
@@ -748,8 +753,17 @@ class CloseTests(LeanTestCase):
 
         d = deferToThread(client)
         proto = await self.accepted(factory)
+        proto.transport.write(b"small")
+        return proto, d
+
+    async def test_loseConnectionFlushes(self) -> None:
+        """loseConnection() sends what is buffered before it closes."""
+        await self.closeAfterWrite(lambda transport: transport.loseConnection(), seed=2)
+
+    async def test_loseConnectionLater(self) -> None:
+        """With nothing buffered, loseConnection() ends the connection a reactor turn later, not inside."""
+        proto, d = await self.wroteSmall(ServerProtocol)
         transport = proto.transport
-        transport.write(b"small")
         self.assertEqual(transport._pendingSize, 0)
         transport.loseConnection()
         self.assertEqual(proto.events, ["connectionMade"])
@@ -763,16 +777,8 @@ class CloseTests(LeanTestCase):
 
     async def test_loseConnectionAfterHalfClose(self) -> None:
         """After loseWriteConnection() (the FIN is sent), loseConnection() ends the connection at once."""
-        factory, port = await self.serve(HalfCloseServerProtocol)
-
-        def client() -> bytes:
-            with connectTo((LOOPBACK4, port)) as sock:
-                return recvUntilClosed(sock)
-
-        d = deferToThread(client)
-        proto = await self.accepted(factory)
+        proto, d = await self.wroteSmall(HalfCloseServerProtocol)
         transport = proto.transport
-        transport.write(b"small")
         transport.loseWriteConnection()
         self.assertEqual(proto.events, ["connectionMade", "writeConnectionLost"])
         transport.loseConnection()
@@ -786,16 +792,8 @@ class CloseTests(LeanTestCase):
         With nothing buffered, loseConnectionNow() ends the connection
         within the call; the peer reads what was sent, then EOF.
         """
-        factory, port = await self.serve(ServerProtocol)
-
-        def client() -> bytes:
-            with connectTo((LOOPBACK4, port)) as sock:
-                return recvUntilClosed(sock)
-
-        d = deferToThread(client)
-        proto = await self.accepted(factory)
+        proto, d = await self.wroteSmall(ServerProtocol)
         transport = proto.transport
-        transport.write(b"small")
         self.assertEqual(transport._pendingSize, 0)
         transport.loseConnectionNow()
         self.assertEqual(proto.events, ["connectionMade", "connectionLost"])
@@ -808,34 +806,14 @@ class CloseTests(LeanTestCase):
     async def test_loseConnectionNowFlushes(self) -> None:
         """
         With data buffered, loseConnectionNow() waits for it, as
-        loseConnection() does (also after a loseConnection() already
-        waiting); a client that starts reading late gets all of it.
+        loseConnection() does, also after a loseConnection() already waiting.
         """
-        data = pattern(8 * MiB, seed=4)
-        pending: list[int] = []
 
-        def sendAndClose(proto: Any) -> None:
-            proto.transport.write(data)
-            proto.transport.loseConnection()
-            proto.transport.loseConnectionNow()
-            pending.append(proto.transport._pendingSize)
-            pending.append(proto.lostCount)
+        def close(transport: Any) -> None:
+            transport.loseConnection()
+            transport.loseConnectionNow()
 
-        factory, port = await self.serve(lambda: ServerProtocol(sendAndClose))
-
-        def client() -> bytes:
-            with connectTo((LOOPBACK4, port)) as sock:
-                time.sleep(0.3)
-                return recvUntilClosed(sock, limit=len(data))
-
-        received = await deferToThread(client)
-        self.assertEqual((len(received), sha(received)), (len(data), sha(data)))
-        proto = await self.accepted(factory)
-        await proto.done
-        self.assertGreater(pending[0], 0)
-        self.assertEqual(pending[1], 0)
-        self.assertEqual(proto.lostCount, 1)
-        self.assertUnwatched(proto.transport)
+        await self.closeAfterWrite(close, seed=4)
 
     async def test_abortConnection(self) -> None:
         """
