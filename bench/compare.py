@@ -50,6 +50,10 @@ FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("KiB per idle tunnel (PSS)", "memory", "memory", "kib_per_tunnel_pss"),
     ("backpressure growth, KiB", "backpressure", "backpressure", "peak_growth_kib"),
     ("start-up, s", "startup", "startup", "secs"),
+    ("proxy CPU per MB up, us", "bulk", "bulk_upload", "proxy_us_per_MB"),
+    ("proxy CPU per session, us", "connrate", "connrate", "proxy_us_per_session"),
+    ("proxy CPU per round trip, us", "latency", "latency", "proxy_us_per_round_trip"),
+    ("proxy CPU per UDP round trip, us", "udp", "udp", "proxy_us_per_round_trip"),
 )
 
 Results = dict[str, dict[str, object]]
@@ -170,7 +174,7 @@ def report(names: list[str], rounds: list[dict[str, Results]], tests: set[str]) 
     ]
     notes = [
         f"median (min-max) over {len(rounds)} rounds; ratios are txsocks5's figure divided by the "
-        "other server's in the same round (for latency, memory and start-up, lower is better)",
+        "other server's in the same round (for latency, memory, start-up and CPU, lower is better)",
         *failures,
     ]
     return "\n".join([*lines, "", *notes])

@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -952,7 +952,8 @@ class CpuMeter:
         """
         Percentages of one core: the proxy's process tree, our load
         processes (this one, the target, plus C{extra_load} CPU seconds of
-        workers), and how busy the proxy's and the load's cores were in total.
+        workers), and how busy the proxy's and the load's cores were in total;
+        also the proxy tree's CPU seconds (C{proxy_s}).
         """
         wall = max(after.wall - before.wall, 1e-9)
         load = (after.own - before.own) + (after.target - before.target) + extra_load
@@ -969,11 +970,26 @@ class CpuMeter:
         bench = self.bench
         return {
             "wall_s": round(wall, 3),
+            "proxy_s": round(after.proxy - before.proxy, 4) if bench.proxy_pid else None,
             "proxy_pct": round(100 * (after.proxy - before.proxy) / wall, 1) if bench.proxy_pid else None,
             "load_pct": round(100 * load / wall, 1),
             "proxy_core_busy_pct": busy(bench.proxy_cpus) if bench.proxy_cpus else None,
             "load_core_busy_pct": busy(bench.load_cpus) if bench.load_cpus else None,
         }
+
+
+def _summed(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The proxy's CPU seconds over several C{CpuMeter.usage} windows."""
+    seconds = [usage.get("proxy_s") for usage in usages]
+    return {"proxy_s": None if None in seconds else sum(seconds)}
+
+
+def proxy_us_per(cpu: dict[str, Any], count: float) -> float | None:
+    """The proxy's CPU microseconds per unit of work (C{count} units in C{cpu}'s window)."""
+    seconds = cpu.get("proxy_s")
+    if seconds is None or not count:
+        return None
+    return round(float(seconds) / count * 1e6, 2)
 
 
 # -- the proxy under test ------------------------------------------------------
@@ -1238,6 +1254,8 @@ class Bench:
                 "MBps": round(median[0], 1),
                 "all_MBps": [round(r[0], 1) for r in runs],
                 "bytes": nbytes,
+                # Over every transfer: one lasts only a few of the kernel's 10 ms CPU ticks.
+                "proxy_us_per_MB": proxy_us_per(_summed(r[1] for r in runs), len(runs) * nbytes / 1e6),
                 "cpu": median[1],
             }
 
@@ -1254,6 +1272,7 @@ class Bench:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 kernel_timeouts(sock, 5.0)
                 before = self.cpu.snapshot()
+                done = 0  # round trips in the CPU window, warm-up included
                 measuring = args.lat_warmup == 0
                 stop_at = time.monotonic() + (args.lat_secs if measuring else 5.0)
                 for i in range(args.lat_warmup + args.lat_count):
@@ -1264,6 +1283,7 @@ class Bench:
                     took = time.perf_counter_ns() - start
                     if echo != message:
                         raise BenchError(f"round trip {i}: echo differs")
+                    done += 1
                     if measuring:
                         samples.append(took)
                         if time.monotonic() > stop_at:
@@ -1282,6 +1302,7 @@ class Bench:
             "mean_us": round(statistics.fmean(samples) / 1000, 1),
             "max_us": round(samples[-1] / 1000, 1),
             "round_trips": len(samples),
+            "proxy_us_per_round_trip": proxy_us_per(cpu, done),
             "cpu": cpu,
         }
         self.log(f"latency: {self.results['latency']}")
@@ -1366,6 +1387,7 @@ class Bench:
                 "before": memory_before.rss if memory_before else None,
                 "after": memory_after.rss if memory_after else None,
             },
+            "proxy_us_per_session": proxy_us_per(cpu, completed),
             "cpu": cpu,
         }
         self.log(f"connrate: {self.results['connrate']}")
@@ -1492,6 +1514,7 @@ class Bench:
         finally:
             poller.close()
         rtts.sort()
+        cpu = self.cpu.usage(before or after, after)
         return {
             "per_s": round(round_trips / args.udp_secs, 1),
             "round_trips": round_trips,
@@ -1510,7 +1533,8 @@ class Bench:
             "payload_bytes": UDP_SEQ.size + len(pad),
             "datagram_bytes": length,
             "seconds": args.udp_secs,
-            "cpu": self.cpu.usage(before or after, after),
+            "proxy_us_per_round_trip": proxy_us_per(cpu, round_trips),
+            "cpu": cpu,
         }
 
     # -- start-up ------------------------------------------------------------
@@ -1739,6 +1763,12 @@ def _row(name: str, value: str, entry: dict[str, Any] | None = None, note: str =
     return [name, value, *(_pct(cpu, key) for key in keys), note]
 
 
+def _cpuNote(entry: dict[str, Any], key: str, unit: str) -> str:
+    """'; proxy CPU N µs/UNIT' for a test's note, or nothing when the proxy's CPU is unknown."""
+    value = entry.get(key)
+    return f"; proxy CPU {value:.1f} µs/{unit}" if value is not None else ""
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"
 
@@ -1757,7 +1787,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
     for direction in ("upload", "download"):
         if entry := usable(f"bulk {direction}", f"bulk_{direction}"):
             runs = ", ".join(f"{v:.0f}" for v in entry["all_MBps"])
-            rows.append(_row(f"bulk {direction}", f"{entry['MBps']:.0f} MB/s", entry, f"runs {runs}"))
+            note = f"runs {runs}" + _cpuNote(entry, "proxy_us_per_MB", "MB")
+            rows.append(_row(f"bulk {direction}", f"{entry['MBps']:.0f} MB/s", entry, note))
     if entry := usable("connections", "connrate"):
         ms = entry["session_ms"]
         note = f"errors {entry['errors']}; session p50 {ms['p50']} p99 {ms['p99']} max {ms['max']} ms"
@@ -1765,17 +1796,19 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             note += f"; {ms['over_1s']} took >1 s"
         if entry["listen_overflows"]:
             note += f"; {entry['listen_overflows']} listen queue overflows"
+        note += _cpuNote(entry, "proxy_us_per_session", "session")
         rows.append(_row("connections", f"{entry['per_s']:.0f} /s", entry, note))
     if entry := usable("latency p50 / p99", "latency"):
         value = f"{entry['p50_us']:.0f} / {entry['p99_us']:.0f} µs"
         note = f"{entry['round_trips']} round trips, max {entry['max_us']:.0f} µs"
+        note += _cpuNote(entry, "proxy_us_per_round_trip", "round trip")
         rows.append(_row("latency p50 / p99", value, entry, note))
     if entry := usable("udp round trips", "udp"):
         note = (
             f"{entry['payload_bytes']}-byte payloads, {entry['window']} in flight; "
             f"lost {entry['lost']} of {entry['sent']}; rtt p50 {entry['rtt_us']['p50']:.0f} "
             f"p99 {entry['rtt_us']['p99']:.0f} µs"
-        )
+        ) + _cpuNote(entry, "proxy_us_per_round_trip", "round trip")
         rows.append(_row("udp round trips", f"{entry['per_s']:.0f} /s", entry, note))
     if entry := usable("start-up", "startup"):
         runs = ", ".join(f"{v:.2f}" for v in entry["all_secs"])

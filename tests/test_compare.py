@@ -73,6 +73,19 @@ class ReportTests(SynchronousTestCase):
             ["connections/s", "4,500", "(3,000-6,000)", "3,000", "(2,000-4,000)", "1.5", "(1.5-1.5)"],
         )
 
+    def test_cpuPerWork(self) -> None:
+        """The proxies' CPU per session is compared like the other figures."""
+        rounds = [
+            {
+                "txsocks5": {"connrate": {"per_s": 3000, "proxy_us_per_session": 100.0}},
+                "dante": {"connrate": {"per_s": 2000, "proxy_us_per_session": 50.0}},
+            },
+        ]
+        text = compare.report(["txsocks5", "dante"], rounds, {"connrate"})
+        line = next(line for line in text.splitlines() if line.startswith("proxy CPU per session"))
+        self.assertEqual(line.split()[-3:], ["100", "50", "2"])
+        self.assertNotIn("per round trip", text)
+
     def test_failuresListed(self) -> None:
         """A failed run leaves its figure out and is named under the table."""
         rounds = [
