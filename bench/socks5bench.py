@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -978,18 +978,18 @@ class CpuMeter:
         }
 
 
-def _summed(usages: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The proxy's CPU seconds over several C{CpuMeter.usage} windows."""
-    seconds = [usage.get("proxy_s") for usage in usages]
-    return {"proxy_s": None if None in seconds else sum(seconds)}
-
-
-def proxy_us_per(cpu: dict[str, Any], count: float) -> float | None:
-    """The proxy's CPU microseconds per unit of work (C{count} units in C{cpu}'s window)."""
-    seconds = cpu.get("proxy_s")
-    if seconds is None or not count:
-        return None
-    return round(float(seconds) / count * 1e6, 2)
+def proxy_us_per(usages: Sequence[dict[str, Any]], count: float) -> float | None:
+    """
+    The proxy's CPU microseconds per unit of work: C{count} units over the
+    C{CpuMeter.usage} windows C{usages}.
+    """
+    total = 0.0
+    for usage in usages:
+        seconds = usage.get("proxy_s")
+        if seconds is None:
+            return None
+        total += seconds
+    return round(total / count * 1e6, 2) if count else None
 
 
 # -- the proxy under test ------------------------------------------------------
@@ -1255,7 +1255,7 @@ class Bench:
                 "all_MBps": [round(r[0], 1) for r in runs],
                 "bytes": nbytes,
                 # Over every transfer: one lasts only a few of the kernel's 10 ms CPU ticks.
-                "proxy_us_per_MB": proxy_us_per(_summed(r[1] for r in runs), len(runs) * nbytes / 1e6),
+                "proxy_us_per_MB": proxy_us_per([r[1] for r in runs], len(runs) * nbytes / 1e6),
                 "cpu": median[1],
             }
 
@@ -1272,7 +1272,6 @@ class Bench:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 kernel_timeouts(sock, 5.0)
                 before = self.cpu.snapshot()
-                done = 0  # round trips in the CPU window, warm-up included
                 measuring = args.lat_warmup == 0
                 stop_at = time.monotonic() + (args.lat_secs if measuring else 5.0)
                 for i in range(args.lat_warmup + args.lat_count):
@@ -1283,7 +1282,6 @@ class Bench:
                     took = time.perf_counter_ns() - start
                     if echo != message:
                         raise BenchError(f"round trip {i}: echo differs")
-                    done += 1
                     if measuring:
                         samples.append(took)
                         if time.monotonic() > stop_at:
@@ -1292,6 +1290,7 @@ class Bench:
                         measuring = True  # warm-up: lat_warmup round trips or 5 s
                         stop_at = time.monotonic() + args.lat_secs
                 cpu = self.cpu.usage(before, self.cpu.snapshot())
+                done = i + 1  # round trips in the CPU window, warm-up included
         except (OSError, BenchError) as e:
             self.results["latency"] = {"error": f"{type(e).__name__}: {e}"}
             return
@@ -1302,7 +1301,7 @@ class Bench:
             "mean_us": round(statistics.fmean(samples) / 1000, 1),
             "max_us": round(samples[-1] / 1000, 1),
             "round_trips": len(samples),
-            "proxy_us_per_round_trip": proxy_us_per(cpu, done),
+            "proxy_us_per_round_trip": proxy_us_per([cpu], done),
             "cpu": cpu,
         }
         self.log(f"latency: {self.results['latency']}")
@@ -1387,7 +1386,7 @@ class Bench:
                 "before": memory_before.rss if memory_before else None,
                 "after": memory_after.rss if memory_after else None,
             },
-            "proxy_us_per_session": proxy_us_per(cpu, completed),
+            "proxy_us_per_session": proxy_us_per([cpu], completed),
             "cpu": cpu,
         }
         self.log(f"connrate: {self.results['connrate']}")
@@ -1533,7 +1532,7 @@ class Bench:
             "payload_bytes": UDP_SEQ.size + len(pad),
             "datagram_bytes": length,
             "seconds": args.udp_secs,
-            "proxy_us_per_round_trip": proxy_us_per(cpu, round_trips),
+            "proxy_us_per_round_trip": proxy_us_per([cpu], round_trips),
             "cpu": cpu,
         }
 

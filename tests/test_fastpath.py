@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import error, tcp, udp
@@ -98,6 +99,31 @@ def privateFastReactor(case: SynchronousTestCase) -> Any:
     return reactor
 
 
+class PairReader:
+    """
+    A reader, for a private reactor, of one end of a socket pair: each read
+    event runs C{onRead} (its result is C{doRead}'s), and how the reader
+    ended is kept in C{lost}.
+    """
+
+    def __init__(self, sock: socket.socket, onRead: Callable[[], object]) -> None:
+        self.sock = sock
+        self.onRead = onRead
+        self.lost: list[Failure] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "PairReader"
+
+    def doRead(self) -> object:
+        return self.onRead()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
 class BusyPollingReactorTests(SynchronousTestCase):
     """FastEPollReactor.setBusyPolling: the reactor's polls go through a BusyPolling."""
 
@@ -166,25 +192,16 @@ class MainLoopTests(SynchronousTestCase):
         reads: list[int] = []
         reactor = self.reactor
 
-        class Reader:
-            def fileno(self) -> int:
-                return a.fileno()
+        def onRead() -> None:
+            reads.append(len(a.recv(16)))
+            if len(reads) < turns:
+                b.send(b"x")
+            else:
+                reactor.removeReader(reader)  # type: ignore[arg-type]
+                reactor.stop()
 
-            def logPrefix(self) -> str:
-                return "Reader"
-
-            def doRead(self) -> None:
-                reads.append(len(a.recv(16)))
-                if len(reads) < turns:
-                    b.send(b"x")
-                else:
-                    reactor.removeReader(self)
-                    reactor.stop()
-
-            def connectionLost(self, reason: object) -> None:
-                pass
-
-        reactor.addReader(Reader())  # type: ignore[arg-type]
+        reader = PairReader(a, onRead)
+        reactor.addReader(reader)  # type: ignore[arg-type]
         reactor.callWhenRunning(b.send, b"x")
         return reads
 
@@ -253,47 +270,33 @@ class ReadDispatchTests(SynchronousTestCase):
         self.a, self.b = socket.socketpair()
         self.addCleanup(self.a.close)
         self.addCleanup(self.b.close)
-        self.lost: list[Failure] = []
 
-    def reader(self, doRead: Any) -> Any:
-        """A reader of the socket pair's first end, with C{doRead}, recording its end."""
-        a, lost = self.a, self.lost
-
-        class Reader:
-            def fileno(self) -> int:
-                return a.fileno()
-
-            def logPrefix(self) -> str:
-                return "Reader"
-
-            def connectionLost(self, reason: Failure) -> None:
-                lost.append(reason)
-
-        Reader.doRead = doRead  # type: ignore[attr-defined]
-        reader = Reader()
+    def reader(self, onRead: Callable[[], object]) -> PairReader:
+        """A reader of the socket pair's first end, watched by the reactor."""
+        reader = PairReader(self.a, onRead)
         self.reactor.addReader(reader)  # type: ignore[arg-type]
         return reader
 
     def test_raises(self) -> None:
         """A doRead that raises is logged, and its descriptor is disconnected with that error."""
 
-        def doRead(self: Any) -> None:
+        def onRead() -> None:
             raise RuntimeError("broken reader")
 
-        reader = self.reader(doRead)
+        reader = self.reader(onRead)
         self.b.send(b"x")
         self.reactor.doPoll(1)
-        [reason] = self.lost
+        [reason] = reader.lost
         self.assertTrue(reason.check(RuntimeError))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertNotIn(reader, self.reactor.getReaders())
 
     def test_connectionLost(self) -> None:
         """A doRead that returns ConnectionLost disconnects with it, unlogged."""
-        reader = self.reader(lambda self: error.ConnectionLost())
+        reader = self.reader(error.ConnectionLost)
         self.b.send(b"x")
         self.reactor.doPoll(1)
-        [reason] = self.lost
+        [reason] = reader.lost
         self.assertTrue(reason.check(error.ConnectionLost))
         self.assertNotIn(reader, self.reactor.getReaders())
 
@@ -301,10 +304,10 @@ class ReadDispatchTests(SynchronousTestCase):
         """A doRead that returns nothing stays a reader."""
         reads: list[bytes] = []
         a = self.a
-        reader = self.reader(lambda self: reads.append(a.recv(16)))
+        reader = self.reader(lambda: reads.append(a.recv(16)))
         self.b.send(b"x")
         self.reactor.doPoll(1)
-        self.assertEqual((reads, self.lost), ([b"x"], []))
+        self.assertEqual((reads, reader.lost), ([b"x"], []))
         self.assertIn(reader, self.reactor.getReaders())
 
 

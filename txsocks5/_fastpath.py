@@ -44,7 +44,6 @@ the public path (the stock reactor, C{transport.write}) is used.
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import sys
 from typing import Any
@@ -120,9 +119,6 @@ _leanPortAvailable = (
 #: The reactor attributes L{FastEPollReactor.mainLoop} reads: where Twisted
 #: keeps timed calls (new and pending), calls from threads and a stop.
 _MAIN_LOOP_STATE = ("_pendingTimedCalls", "_newTimedCalls", "threadCallQueue", "_justStopped")
-
-#: An epoll event that says only that a descriptor is readable.
-_READABLE = select.EPOLLIN if hasattr(select, "epoll") else 1
 
 #: The longest wait Twisted's C{timeout()} allows (epoll_wait's limit, in seconds).
 _LONGEST_WAIT = 2147483
@@ -286,12 +282,13 @@ if epollreactor is not None:
                 raise
             dispatch = self._doReadOrWrite
             selectables = self._selectables
+            readable = epollreactor.EPOLLIN
             for fd, event in events:
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue
                 try:
-                    if event == _READABLE:
+                    if event == readable:
                         # Only readable, the common case: what _doReadOrWrite
                         # would do, without its checks for other events.
                         try:

@@ -379,10 +379,7 @@ class LeanConnection:
             return
         self.disconnecting = True
         self.stopReading()
-        producer = self.producer
-        if self._pendingSize or (
-            producer is not None and (not self.streamingProducer or self.producerPaused)
-        ):
+        if self._mustFlushFirst():
             self.startWriting()  # doWrite closes once it may.
         elif self._writeEnded:
             self.connectionLost(_DONE)
@@ -397,14 +394,18 @@ class LeanConnection:
         """
         if not self.connected or self._aborting:
             return
-        producer = self.producer
-        if self._pendingSize or (
-            producer is not None and (not self.streamingProducer or self.producerPaused)
-        ):
+        if self._mustFlushFirst():
             self.loseConnection()  # doWrite closes once it may.
             return
         self.disconnecting = True
         self.connectionLost(_DONE)
+
+    def _mustFlushFirst(self) -> bool:
+        """Whether closing must wait: data is buffered, or a producer is yet to finish."""
+        producer = self.producer
+        return bool(self._pendingSize) or (
+            producer is not None and (not self.streamingProducer or self.producerPaused)
+        )
 
     def _closeIfFlushed(self) -> None:
         if self.connected and not self._writing:  # Else doWrite closes once the rest is sent.
