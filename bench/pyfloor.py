@@ -126,26 +126,25 @@ class Floor:
             side.buffer = buffer
             return
         if side.step == GREETING:
-            if len(buffer) < 2 or len(buffer) < 2 + buffer[1]:
+            used = greetingLength(buffer)
+            if used is None:
                 side.buffer = buffer
                 return
             side.sock.send(NO_AUTH)
-            buffer = buffer[2 + buffer[1] :]
+            buffer = buffer[used:]
             side.step = REQUEST
-        length = ADDRESS_LENGTHS.get(buffer[:4])
-        if length is None:
-            side.buffer = buffer
-            if len(buffer) >= 4:
-                side.sock.send(UNSUPPORTED)
-                self.close(side)
+        try:
+            request = parseRequest(buffer)
+        except ValueError:
+            side.sock.send(UNSUPPORTED)
+            self.close(side)
             return
-        if len(buffer) < 6 + length:
+        if request is None:
             side.buffer = buffer
             return
-        side.buffer = b""
-        host = str(ipaddress.ip_address(buffer[4 : 4 + length]))
-        port = struct.unpack("!H", buffer[4 + length : 6 + length])[0]
-        family = socket.AF_INET if length == 4 else socket.AF_INET6
+        used, host, port = request
+        side.buffer = buffer[used:]  # Sent ahead of the reply: passed on once connected.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         target = Side(socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK), CONNECTING)
         target.peer, side.peer = side, target
         self.sides[target.sock.fileno()] = target
@@ -162,10 +161,7 @@ class Floor:
             self.close(target)
             return
         target.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        host, port = target.sock.getsockname()[:2]
-        packed = ipaddress.ip_address(host).packed
-        atyp = b"\x01" if len(packed) == 4 else b"\x04"
-        client.sock.send(b"\x05\x00\x00" + atyp + packed + struct.pack("!H", port))
+        client.sock.send(succeeded(*target.sock.getsockname()[:2]))
         target.step = client.step = RELAYING
         self.poller.modify(target.sock.fileno(), IN)
         if client.buffer:
@@ -194,13 +190,56 @@ class Floor:
                 one.sock.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+def argumentParser(description: str) -> argparse.ArgumentParser:
+    """The probes' command line: where to listen."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
     parser.add_argument("--port", type=int, default=1081)
+    return parser
+
+
+def parseArguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse C{argv}; refuse a C{--host} that is not loopback (the probes have no access control)."""
     args = parser.parse_args(argv)
     if not ipaddress.ip_address(args.host).is_loopback:
         parser.error("--host must be a loopback address: this probe has no access control")
+    return args
+
+
+def greetingLength(buffer: bytes) -> int | None:
+    """How many bytes the greeting at the start of C{buffer} takes; C{None} if more are needed."""
+    if len(buffer) < 2 or len(buffer) < 2 + buffer[1]:
+        return None
+    return 2 + buffer[1]
+
+
+def parseRequest(buffer: bytes) -> tuple[int, str, int] | None:
+    """
+    The (bytes used, host, port) of a CONNECT request to an IP literal at
+    the start of C{buffer}; C{None} if more bytes are needed.  Raises
+    C{ValueError} for a request the probes do not take.
+    """
+    length = ADDRESS_LENGTHS.get(buffer[:4])
+    if length is None:
+        if len(buffer) >= 4:
+            raise ValueError("not a CONNECT to an IP literal")
+        return None
+    if len(buffer) < 6 + length:
+        return None
+    host = str(ipaddress.ip_address(buffer[4 : 4 + length]))
+    (port,) = struct.unpack("!H", buffer[4 + length : 6 + length])
+    return 6 + length, host, port
+
+
+def succeeded(host: str, port: int) -> bytes:
+    """The reply to a CONNECT that succeeded, with the outgoing socket's address."""
+    packed = ipaddress.ip_address(host).packed
+    atyp = b"\x01" if len(packed) == 4 else b"\x04"
+    return b"\x05\x00\x00" + atyp + packed + struct.pack("!H", port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parseArguments(argumentParser(__doc__.splitlines()[1]), argv)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,6 +1,7 @@
 """
-Tests for C{bench/pyfloor.py}: the probe relays real CONNECT sessions over
-loopback, as the benchmarks that measure it need.
+Tests for C{bench/pyfloor.py} and C{bench/txfloor.py}: the probes relay
+real CONNECT sessions over loopback, as the benchmarks that measure them
+need.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support import (
     socksConnect,
 )
 
-PYFLOOR = Path(__file__).resolve().parent.parent / "bench" / "pyfloor.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 class EchoUntilEOF:
@@ -61,12 +62,17 @@ class EchoUntilEOF:
 
 
 class PyFloorTests(SynchronousTestCase):
-    """The probe, started as the benchmarks start it."""
+    """The bare Python probe, started as the benchmarks start it."""
+
+    probe = ["pyfloor.py"]
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, str(BENCH / self.probe[0]), *self.probe[1:], *args]
 
     def startFloor(self, host: str) -> tuple[str, int]:
         port = freePort(host)
         process = subprocess.Popen(
-            [sys.executable, str(PYFLOOR), "--host", host, "--port", str(port)],
+            self.command("--host", host, "--port", str(port)),
             env=childEnvironment(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -118,10 +124,22 @@ class PyFloorTests(SynchronousTestCase):
     def test_loopbackOnly(self) -> None:
         """It refuses to listen anywhere but on a loopback address."""
         result = subprocess.run(
-            [sys.executable, str(PYFLOOR), "--host", "0.0.0.0", "--port", "0"],
+            self.command("--host", "0.0.0.0", "--port", "0"),
             env=childEnvironment(),
             capture_output=True,
             timeout=30,
         )
         self.assertEqual(result.returncode, 2)
         self.assertIn(b"loopback", result.stderr)
+
+
+class TwistedFloorTests(PyFloorTests):
+    """The Twisted-shaped probe, on txsocks5's reactor."""
+
+    probe = ["txfloor.py"]
+
+
+class StockReactorFloorTests(PyFloorTests):
+    """The Twisted-shaped probe, on Twisted's own reactor."""
+
+    probe = ["txfloor.py", "--stock-reactor"]
