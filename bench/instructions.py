@@ -13,6 +13,7 @@ nothing about the kernel's share (system calls): count those with
 
     python3 bench/instructions.py                      # default server arguments
     python3 bench/instructions.py -- --no-session-log  # extra twistd socks5 arguments
+    python3 bench/instructions.py --probe txfloor      # bench/txfloor.py instead (or pyfloor)
 
 It needs valgrind (Debian: ``apt-get install valgrind``).  Traffic stays on
 127.0.0.1; every loop is bounded.
@@ -150,7 +151,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000, help="sessions counted (default 1000)")
     parser.add_argument("--concurrency", type=int, default=64, help="sessions at once (default 64)")
     parser.add_argument("--warmup", type=int, default=200, help="sessions before counting (default 200)")
-    parser.add_argument("serverArgs", nargs="*", help="extra arguments for twistd socks5 (after --)")
+    parser.add_argument(
+        "--probe",
+        choices=("pyfloor", "txfloor"),
+        help="measure bench/pyfloor.py or bench/txfloor.py (the least a Python or a Twisted-shaped "
+        "relay costs) instead of txsocks5",
+    )
+    parser.add_argument("serverArgs", nargs="*", help="extra arguments for the server (after --)")
     args = parser.parse_args()
     sessions = max(1, min(args.sessions, 100_000))
     concurrency = max(1, min(args.concurrency, 512))
@@ -171,15 +178,20 @@ def main() -> None:
         "--compress-strings=no",
         f"--callgrind-out-file={dumpPrefix}",
         sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "--pidfile=",
-        "-n",
-        "socks5",
-        "--port",
-        f"tcp:{proxyPort}:interface={HOST}",
-        *args.serverArgs,
     ]
+    if args.probe:
+        command += [str(CHECKOUT / "bench" / f"{args.probe}.py"), "--host", HOST, "--port", str(proxyPort)]
+    else:
+        command += [
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--pidfile=",
+            "-n",
+            "socks5",
+            "--port",
+            f"tcp:{proxyPort}:interface={HOST}",
+        ]
+    command += args.serverArgs
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
     log = open(os.path.join(workdir, "server.log"), "w")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
@@ -208,7 +220,8 @@ def main() -> None:
         )
     print(
         f"{total / completed / 1000:.0f}k instructions per session "
-        f"({completed} sessions, {concurrency} at once, server args: {' '.join(args.serverArgs) or '(none)'})"
+        f"({completed} sessions, {concurrency} at once, server: {args.probe or 'txsocks5'}, "
+        f"args: {' '.join(args.serverArgs) or '(none)'})"
     )
 
 
