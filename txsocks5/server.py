@@ -26,7 +26,15 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    ILoggingContext,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,7 +62,7 @@ from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
 from txsocks5.rules import RuleSet
 from txsocks5.udp import UDPRelay, listenUDPRelay
 
-__all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "describeAddress"]
+__all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "ProxyProtocolEndpoint", "describeAddress"]
 
 log = Logger()
 
@@ -126,6 +134,10 @@ class SOCKS5ServerProtocol(Protocol):
         self._direct = False
         self._clientEnded = False
         self._closed = False
+        # Behind a PROXY-protocol endpoint (L{ProxyProtocolEndpoint}): the
+        # client is admitted once the header has named it, which is before
+        # its first byte reaches this protocol.
+        self._awaitingProxyHeader = False
 
     # -- connection events ------------------------------------------------
 
@@ -149,6 +161,10 @@ class SOCKS5ServerProtocol(Protocol):
         if relay is not None:
             relay.clientData(data)
             return
+        if self._awaitingProxyHeader:
+            self._awaitingProxyHeader = False
+            if not self._admitProxiedClient():
+                return
         if self._step is None:
             if self._holding:
                 # Bytes sent ahead while a wait goes on: keep them, within limits.
@@ -210,6 +226,19 @@ class SOCKS5ServerProtocol(Protocol):
         factory.counters.record(session)
         if factory.logSessions:
             factory.sessionLog.log(session, factory.clock.seconds())
+
+    def _admitProxiedClient(self) -> bool:
+        """Admit the client a PROXY header named, or close; return whether it was admitted."""
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.session.client = describeAddress(peer)
+        admitted, host = self.factory._admit(peer)
+        if not admitted:
+            self.session.outcome = "client refused"
+            self._step = None
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return False
+        self.clientHost = host
+        return True
 
     # -- negotiation --------------------------------------------------------
 
@@ -829,32 +858,50 @@ class SOCKS5Factory(Factory):
         if user is not None:
             _release(self._userAssociations, user)
 
-    def buildProtocol(self, addr: IAddress | None) -> SOCKS5ServerProtocol | None:  # type: ignore[override]
+    def buildProtocol(  # type: ignore[override]
+        self, addr: IAddress | None, admitByProxyHeader: bool = False
+    ) -> SOCKS5ServerProtocol | None:
         """
         A protocol for a new client, or C{None} (close at once) if a limit
-        is reached or the client rules refuse it.
+        is reached or the client rules refuse it.  With
+        C{admitByProxyHeader}, C{addr} is a load balancer's, and the client
+        is admitted (client rules, per-client limit) once its PROXY header
+        has named it (see L{ProxyProtocolEndpoint}).
         """
-        host = clientHost(addr)
         if self.maxConnections is not None and self.counters.active >= self.maxConnections:
             self._refuse(addr, "limit", f"{self.maxConnections} connections already open")
             return None
+        protocol = self.protocol()
+        protocol.factory = self
+        if admitByProxyHeader:
+            protocol._awaitingProxyHeader = True
+            return protocol  # type: ignore[return-value]
+        admitted, protocol.clientHost = self._admit(addr)
+        if not admitted:
+            return None
+        return protocol  # type: ignore[return-value]
+
+    def _admit(self, addr: IAddress | None) -> tuple[bool, str | None]:
+        """
+        Apply the per-client limit and the client rules to a client at
+        C{addr}, counting it if it is admitted; return whether it is, and
+        its IP address.
+        """
+        host = clientHost(addr)
         if self.maxConnectionsPerClient is not None:
             mine = self._perClient.get(host, 0)
             if mine >= self.maxConnectionsPerClient:
                 self._refuse(addr, f"limit {host}", f"{mine} connections already open from this address")
-                return None
+                return False, host
             self._perClient[host] = mine + 1
         verdict = self.rules.admitClient(host)
         if not verdict.allowed or verdict.log:
             if not verdict.allowed:
                 self.clientLeft(host)
                 self._refuse(addr, f"rules {host}", verdict.reason)
-                return None
+                return False, host
             log.info("Admitted {client}: {reason}", client=host, reason=verdict.reason)
-        protocol = self.protocol()
-        protocol.factory = self
-        protocol.clientHost = host
-        return protocol  # type: ignore[return-value]
+        return True, host
 
     def clientLeft(self, host: str | None) -> None:
         """A client from C{host} that was admitted has gone."""
@@ -871,3 +918,53 @@ class SOCKS5Factory(Factory):
             reason=reason,
             more=f" ({suppressed} more refused like it, not logged)" if suppressed else "",
         )
+
+
+class _CloseAtOnce(Protocol):
+    """A refused connection, closed as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@implementer(ILoggingContext)
+class _AdmittedByProxyHeader:
+    """
+    A L{SOCKS5Factory} as a PROXY-protocol wrapper sees it: the protocols it
+    builds admit their client by the address the header names.
+    """
+
+    def __init__(self, factory: SOCKS5Factory) -> None:
+        self._factory = factory
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        protocol = self._factory.buildProtocol(addr, admitByProxyHeader=True)
+        # A wrapper cannot refuse a connection by building nothing: close it instead.
+        return _CloseAtOnce() if protocol is None else protocol
+
+    def logPrefix(self) -> str:
+        return self._factory.__class__.__name__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)  # doStart, doStop, noisy, ...
+
+
+@implementer(IStreamServerEndpoint)
+class ProxyProtocolEndpoint:
+    """
+    Listen for a L{SOCKS5Factory} on an endpoint whose connections start
+    with a PROXY protocol header (HAProxy's, v1 or v2), such as Twisted's
+    C{haproxy:} endpoint (L{twisted.protocols.haproxy.proxyEndpoint}): each
+    client is then admitted (client rules, per-client limit, login
+    throttling, the session log) by the address its header names, not by
+    the load balancer's.  C{twistd socks5 --port haproxy:...} uses it.
+
+    @param endpoint: the PROXY-protocol endpoint to listen on.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def listen(self, factory: SOCKS5Factory) -> Deferred[IListeningPort]:  # type: ignore[override]
+        """Listen with C{factory}, its clients admitted by their PROXY headers."""
+        return self._endpoint.listen(_AdmittedByProxyHeader(factory))  # type: ignore[arg-type]

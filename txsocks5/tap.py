@@ -36,7 +36,7 @@ from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
 from txsocks5.reloading import HangupService, reloaders
 from txsocks5.rules import Rule, RuleError, RuleSet, parseClients, parseDestination, parseRulesFile
-from txsocks5.server import SOCKS5Factory
+from txsocks5.server import ProxyProtocolEndpoint, SOCKS5Factory
 from txsocks5.service import SOCKS5Service, openProxyProblem
 from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
 
@@ -331,6 +331,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                     raise usage.UsageError(
                         f"--port {description}: --workers serves tcp: and tcp6: ports only"
                     )
+                if description.split(":", 1)[0] == "haproxy":
+                    # Clients are admitted by the address the PROXY header names.
+                    endpoint = ProxyProtocolEndpoint(endpoint)
                 endpoints.append(endpoint)
         self["endpoints"] = endpoints
         advertise = self["udp-advertise"]

@@ -1,0 +1,177 @@
+"""
+Clients behind a load balancer that speaks HAProxy's PROXY protocol (the
+C{haproxy:} endpoint), over real loopback sockets: each client is admitted
+and checked by the address its PROXY header names, not by the balancer's
+(here 127.0.0.1), both for an embedded factory behind
+L{ProxyProtocolEndpoint} and for C{twistd socks5 --port haproxy:...}.
+
+The headers name addresses from the documentation ranges (192.0.2.0/24,
+198.51.100.0/24); every byte still goes over loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
+
+from tests.support import (
+    LOOPBACK4,
+    connectTo,
+    encodeRequest,
+    reactor,
+    readReply,
+    recvExactly,
+    recvUntilClosed,
+    startTwistd,
+    waitFor,
+)
+from tests.test_rules_integration import PAYLOAD, RulesTestCase, ruleSet
+from txsocks5.server import ProxyProtocolEndpoint, SOCKS5Factory
+
+DENIED = "192.0.2.7"
+ALLOWED = "198.51.100.9"
+
+
+def proxyHeader(source: str, port: int = 5555) -> bytes:
+    """A PROXY protocol v1 header for a client at C{source}:C{port}."""
+    return f"PROXY TCP4 {source} 127.0.0.1 {port} 1080\r\n".encode()
+
+
+def methodAfterHeader(proxy: tuple[str, int], source: str) -> bytes:
+    """Send a header for C{source} and a greeting; what came back before the server closed or answered."""
+    with connectTo(proxy, 5.0) as sock:
+        sock.sendall(proxyHeader(source) + b"\x05\x01\x00")
+        first = sock.recv(2)
+        return first if first else recvUntilClosed(sock)
+
+
+def connectAfterHeader(proxy: tuple[str, int], source: str, port: int) -> tuple[int, bytes]:
+    """A CONNECT to the echo target at C{port} from C{source}: its REP and what was echoed."""
+    with connectTo(proxy, 5.0) as sock:
+        sock.sendall(proxyHeader(source) + b"\x05\x01\x00")
+        if recvExactly(sock, 2) != b"\x05\x00":
+            raise AssertionError("no-authentication was not accepted")
+        sock.sendall(encodeRequest(LOOPBACK4, port))
+        rep = readReply(sock)[0]
+        if rep != 0:
+            return rep, b""
+        sock.sendall(PAYLOAD)
+        return rep, recvExactly(sock, len(PAYLOAD))
+
+
+class ProxyProtocolTests(RulesTestCase):
+    """An in-process factory listening through L{ProxyProtocolEndpoint}."""
+
+    async def startProxied(self, **factoryArgs: Any) -> tuple[SOCKS5Factory, tuple[str, int]]:
+        factory = SOCKS5Factory(**factoryArgs)
+        self._socksFactories.append(factory)
+        endpoint = ProxyProtocolEndpoint(serverFromString(reactor, f"haproxy:tcp:0:interface={LOOPBACK4}"))
+        port = await endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+        return factory, (LOOPBACK4, port.getHost().port)
+
+    async def test_clientRulesSeeTheHeader(self) -> None:
+        """
+        client deny from 192.0.2.7: a client whose header names it is closed
+        before the method selection and logged as refused by its own
+        address; one from 198.51.100.9 relays (loopback destinations
+        allowed by a rule), and the session log names it.
+        """
+        _, echoPort = await self.startEcho()
+        factory, proxy = await self.startProxied(
+            rules=ruleSet(f"client deny from {DENIED}", f"allow to 127.0.0.1:{echoPort}")
+        )
+        self.assertEqual(await deferToThread(methodAfterHeader, proxy, DENIED), b"")
+        self.assertEqual(await deferToThread(connectAfterHeader, proxy, ALLOWED, echoPort), (0, PAYLOAD))
+        await self.settledFactory(factory)
+        [refused] = [text for _, _, text in self.lines if text.startswith("Refused ")]
+        self.assertTrue(refused.startswith(f"Refused {DENIED}:5555: "), refused)
+        clients = sorted((s["client"], s["outcome"]) for s in self.sessions)
+        self.assertEqual(clients, [(f"{DENIED}:5555", "client refused"), (f"{ALLOWED}:5555", "succeeded")])
+
+    async def test_protectionsForRemoteClient(self) -> None:
+        """
+        With no rules, a client the header names as remote may not reach
+        loopback destinations (REP 0x02), as if it had connected itself:
+        the balancer's own loopback address gives it nothing.
+        """
+        _, echoPort = await self.startEcho()
+        factory, proxy = await self.startProxied()
+        self.assertEqual(await deferToThread(connectAfterHeader, proxy, ALLOWED, echoPort), (2, b""))
+        await self.settledFactory(factory)
+
+    async def test_perClientLimitCountsHeaderAddresses(self) -> None:
+        """
+        maxConnectionsPerClient=1: clients behind the same balancer with
+        different header addresses are served side by side; a second one
+        with the same address is closed.
+        """
+        factory, proxy = await self.startProxied(maxConnectionsPerClient=1)
+
+        def clients() -> tuple[bytes, bytes, bytes]:
+            with connectTo(proxy, 5.0) as first, connectTo(proxy, 5.0) as second:
+                first.sendall(proxyHeader(ALLOWED) + b"\x05\x01\x00")
+                second.sendall(proxyHeader(DENIED) + b"\x05\x01\x00")
+                one, two = recvExactly(first, 2), recvExactly(second, 2)
+                return one, two, methodAfterHeader(proxy, ALLOWED)
+
+        self.assertEqual(await deferToThread(clients), (b"\x05\x00", b"\x05\x00", b""))
+        await self.settledFactory(factory)
+
+    async def test_maxConnections(self) -> None:
+        """maxConnections=1: a second client is closed at once while the first is open."""
+        factory, proxy = await self.startProxied(maxConnections=1)
+
+        def clients() -> tuple[bytes, bytes]:
+            with connectTo(proxy, 5.0) as first:
+                first.sendall(proxyHeader(ALLOWED) + b"\x05\x01\x00")
+                return recvExactly(first, 2), methodAfterHeader(proxy, DENIED)
+
+        self.assertEqual(await deferToThread(clients), (b"\x05\x00", b""))
+        await self.settledFactory(factory)
+        refused = [text for _, _, text in self.lines if text.startswith("Refused ")]
+        self.assertEqual(len(refused), 1, refused)
+        self.assertIn("1 connections already open", refused[0])
+
+    async def test_closedBeforeHeader(self) -> None:
+        """A client that closes before its header leaves no count behind."""
+        factory, proxy = await self.startProxied(maxConnectionsPerClient=1)
+
+        def closeEarly() -> None:
+            with connectTo(proxy, 5.0) as sock:
+                sock.shutdown(socket.SHUT_WR)
+                recvUntilClosed(sock)
+
+        await deferToThread(closeEarly)
+        await self.settledFactory(factory)
+        self.assertEqual(factory._perClient, {})
+        self.assertEqual(await deferToThread(methodAfterHeader, proxy, ALLOWED), b"\x05\x00")
+
+    async def settledFactory(self, factory: SOCKS5Factory) -> None:
+        await waitFor(lambda: factory.counters.active == 0, what="the sessions to end")
+
+
+class TwistdProxyProtocolTests(RulesTestCase):
+    """C{twistd socks5 --port haproxy:...}."""
+
+    async def test_denyClientBehindBalancer(self) -> None:
+        """--deny-client 192.0.2.7 refuses the client its PROXY header names."""
+        child = await startTwistd(
+            self,
+            "--port",
+            f"haproxy:tcp:0:interface={LOOPBACK4}",
+            "--deny-client",
+            DENIED,
+            "--allow-destination",
+            "127.0.0.1",
+        )
+        port = await child.listening
+        _, echoPort = await self.startEcho()
+        proxy = (LOOPBACK4, port)
+        self.assertEqual(await deferToThread(methodAfterHeader, proxy, DENIED), b"")
+        self.assertEqual(await deferToThread(connectAfterHeader, proxy, ALLOWED, echoPort), (0, PAYLOAD))
+        output = bytes(child.output).decode("utf-8", "replace")
+        self.assertNotIn("Traceback", output)
