@@ -7,6 +7,7 @@ from typing import Any
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from txsocks5.proxyprotocol import ProxyProtocolEndpoint
 from txsocks5.reloading import HangupService
 from txsocks5.rules import RuleSet
 from txsocks5.server import SOCKS5Factory
@@ -39,6 +40,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(portDescription("tcp6:1080"), "tcp6:1080:backlog=1024")
         self.assertEqual(portDescription("tcp:1080:backlog=5"), "tcp:1080:backlog=5")
         self.assertEqual(portDescription("systemd:domain=INET:index=0"), "systemd:domain=INET:index=0")
+
+    def test_proxyProtocolPort(self) -> None:
+        """
+        After haproxy: the rest is a port description as any other (a bare
+        number included), and the port admits clients by their PROXY
+        headers.
+        """
+        self.assertEqual(portDescription("haproxy:1081"), "haproxy:tcp:1081:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(portDescription("haproxy:tcp6:1080"), "haproxy:tcp6:1080:backlog=1024")
+        [endpoint] = parse("--port", "haproxy:1081")["endpoints"]
+        self.assertIsInstance(endpoint, ProxyProtocolEndpoint)
 
     def test_repeatedPorts(self) -> None:
         options = parse("--port", "1080", "-p", r"tcp6:1080:interface=\:\:1")

@@ -26,15 +26,7 @@ from typing import Any
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IHalfCloseableProtocol,
-    IListeningPort,
-    ILoggingContext,
-    IReactorTime,
-    IStreamServerEndpoint,
-)
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,7 +54,7 @@ from txsocks5.relay import TargetFactory, TargetProtocol, TCPRelay
 from txsocks5.rules import RuleSet
 from txsocks5.udp import UDPRelay, listenUDPRelay
 
-__all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "ProxyProtocolEndpoint", "describeAddress"]
+__all__ = ["SOCKS5ServerProtocol", "SOCKS5Factory", "describeAddress"]
 
 log = Logger()
 
@@ -134,7 +126,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._direct = False
         self._clientEnded = False
         self._closed = False
-        # Behind a PROXY-protocol endpoint (L{ProxyProtocolEndpoint}): the
+        # Behind a PROXY-protocol endpoint (L{txsocks5.proxyprotocol.ProxyProtocolEndpoint}): the
         # client is admitted once the header has named it, which is before
         # its first byte reaches this protocol.
         self._awaitingProxyHeader = False
@@ -866,7 +858,7 @@ class SOCKS5Factory(Factory):
         is reached or the client rules refuse it.  With
         C{admitByProxyHeader}, C{addr} is a load balancer's, and the client
         is admitted (client rules, per-client limit) once its PROXY header
-        has named it (see L{ProxyProtocolEndpoint}).
+        has named it (see L{txsocks5.proxyprotocol.ProxyProtocolEndpoint}).
         """
         if self.maxConnections is not None and self.counters.active >= self.maxConnections:
             self._refuse(addr, "limit", f"{self.maxConnections} connections already open")
@@ -918,53 +910,3 @@ class SOCKS5Factory(Factory):
             reason=reason,
             more=f" ({suppressed} more refused like it, not logged)" if suppressed else "",
         )
-
-
-class _CloseAtOnce(Protocol):
-    """A refused connection, closed as soon as it is made."""
-
-    def connectionMade(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-
-@implementer(ILoggingContext)
-class _AdmittedByProxyHeader:
-    """
-    A L{SOCKS5Factory} as a PROXY-protocol wrapper sees it: the protocols it
-    builds admit their client by the address the header names.
-    """
-
-    def __init__(self, factory: SOCKS5Factory) -> None:
-        self._factory = factory
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        protocol = self._factory.buildProtocol(addr, admitByProxyHeader=True)
-        # A wrapper cannot refuse a connection by building nothing: close it instead.
-        return _CloseAtOnce() if protocol is None else protocol
-
-    def logPrefix(self) -> str:
-        return self._factory.__class__.__name__
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory, name)  # doStart, doStop, noisy, ...
-
-
-@implementer(IStreamServerEndpoint)
-class ProxyProtocolEndpoint:
-    """
-    Listen for a L{SOCKS5Factory} on an endpoint whose connections start
-    with a PROXY protocol header (HAProxy's, v1 or v2), such as Twisted's
-    C{haproxy:} endpoint (L{twisted.protocols.haproxy.proxyEndpoint}): each
-    client is then admitted (client rules, per-client limit, login
-    throttling, the session log) by the address its header names, not by
-    the load balancer's.  C{twistd socks5 --port haproxy:...} uses it.
-
-    @param endpoint: the PROXY-protocol endpoint to listen on.
-    """
-
-    def __init__(self, endpoint: IStreamServerEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def listen(self, factory: SOCKS5Factory) -> Deferred[IListeningPort]:  # type: ignore[override]
-        """Listen with C{factory}, its clients admitted by their PROXY headers."""
-        return self._endpoint.listen(_AdmittedByProxyHeader(factory))  # type: ignore[arg-type]

@@ -34,9 +34,10 @@ from txsocks5._fastpath import FastEPollReactor, installFastReactor
 from txsocks5.accepting import raiseFileLimit
 from txsocks5.auth import availableAuthenticators
 from txsocks5.bind import PeerCheck
+from txsocks5.proxyprotocol import ProxyProtocolEndpoint
 from txsocks5.reloading import HangupService, reloaders
 from txsocks5.rules import Rule, RuleError, RuleSet, parseClients, parseDestination, parseRulesFile
-from txsocks5.server import ProxyProtocolEndpoint, SOCKS5Factory
+from txsocks5.server import SOCKS5Factory
 from txsocks5.service import SOCKS5Service, openProxyProblem
 from txsocks5.workers import WorkerLifetime, WorkerPool, workerArguments
 
@@ -60,8 +61,12 @@ def portDescription(port: str) -> str:
     An endpoint description for C{--port}: a bare number means that port on
     the IPv4 loopback address (like Twisted's own C{socks} plugin); anything
     else is an endpoint description as it is.  Stream types that take a
-    C{backlog} get L{DEFAULT_BACKLOG} unless they name one.
+    C{backlog} get L{DEFAULT_BACKLOG} unless they name one.  After
+    C{haproxy:} (a PROXY-protocol port) the same holds for the rest.
     """
+    kind, _, rest = port.partition(":")
+    if kind == "haproxy":
+        return f"haproxy:{portDescription(rest)}"
     if port.isascii() and port.isdigit():
         port = f"tcp:{int(port)}:interface={quoteStringArgument('127.0.0.1')}"
     kind = port.split(":", 1)[0]
@@ -323,17 +328,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             endpoints = [AdoptedStreamServerEndpoint(reactor, fd, family) for fd, family in self["inherited"]]
         else:
             for description in self["ports"]:
+                kind, _, rest = description.partition(":")
                 try:
-                    endpoint = serverFromString(reactor, description)
+                    if kind == "haproxy":
+                        # Clients are admitted by the address the PROXY header names.
+                        endpoint = ProxyProtocolEndpoint(serverFromString(reactor, rest))
+                    else:
+                        endpoint = serverFromString(reactor, description)
                 except Exception as e:
                     raise usage.UsageError(f"--port {description}: {e}") from None
                 if self["workers"] > 1 and not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
                     raise usage.UsageError(
                         f"--port {description}: --workers serves tcp: and tcp6: ports only"
                     )
-                if description.split(":", 1)[0] == "haproxy":
-                    # Clients are admitted by the address the PROXY header names.
-                    endpoint = ProxyProtocolEndpoint(endpoint)
                 endpoints.append(endpoint)
         self["endpoints"] = endpoints
         advertise = self["udp-advertise"]
