@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+from pathlib import Path
 from typing import Any
 from unittest import SkipTest
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import (
     LOOPBACK4,
@@ -29,14 +32,19 @@ from tests.support import (
     readReply,
     recvExactly,
     recvUntilClosed,
+    runProcess,
     startTarget,
     startTwistd,
+    twistdCommand,
     waitFor,
 )
 from tests.test_rules_integration import PAYLOAD, RulesTestCase, ruleSet
 from txsocks5 import proxyprotocol
+from txsocks5.auth import NoAuthentication, UsernamePasswordAuthentication
 from txsocks5.proxyprotocol import ProxyProtocolEndpoint, halfCloseAvailable
+from txsocks5.rules import RuleSet
 from txsocks5.server import SOCKS5Factory
+from txsocks5.service import openProxyProblem
 
 DENIED = "192.0.2.7"
 ALLOWED = "198.51.100.9"
@@ -231,3 +239,52 @@ class TwistdProxyProtocolTests(RulesTestCase):
         self.assertEqual(await deferToThread(connectAfterHeader, proxy, ALLOWED, echoPort), (0, PAYLOAD))
         output = bytes(child.output).decode("utf-8", "replace")
         self.assertNotIn("Traceback", output)
+
+    async def test_openProxyBehindBalancer(self) -> None:
+        """
+        Without authentication or client rules, a PROXY-protocol port is
+        refused even on 127.0.0.1: its clients come from wherever the
+        balancer takes them.
+        """
+        workdir = self.mktemp()
+        Path(workdir).mkdir(parents=True)
+        out, err, code = await runProcess(
+            twistdCommand("--pidfile=", "-n", "socks5", "--port", f"haproxy:tcp:0:interface={LOOPBACK4}"),
+            timeout=30,
+            path=workdir,
+        )
+        self.assertNotEqual(code, 0)
+        said = (out + err).decode("utf-8", "replace")
+        self.assertIn("(behind a PROXY-protocol balancer) without authentication", said)
+        self.assertNotIn("Traceback", said)
+
+
+class OpenProxyProblemTests(SynchronousTestCase):
+    """L{openProxyProblem} with ports behind a balancer."""
+
+    def test_loopbackBehindBalancer(self) -> None:
+        """A loopback port is an open proxy when a balancer feeds it, and not otherwise."""
+        port = FakePort(LOOPBACK4)
+        methods = [NoAuthentication()]
+        self.assertIsNone(openProxyProblem(methods, RuleSet(), [port]))
+        problem = openProxyProblem(methods, RuleSet(), [port], [port])
+        self.assertIsNotNone(problem)
+        self.assertIn(f"{LOOPBACK4}:1080 (behind a PROXY-protocol balancer)", problem or "")
+
+    def test_clientRulesOrLogins(self) -> None:
+        """Client rules, or logins required, say who may use it: no problem."""
+        port = FakePort(LOOPBACK4)
+        rules = ruleSet("client allow from 192.0.2.0/24")
+        self.assertIsNone(openProxyProblem([NoAuthentication()], rules, [port], [port]))
+        logins = [UsernamePasswordAuthentication()]
+        self.assertIsNone(openProxyProblem(logins, RuleSet(), [port], [port]))
+
+
+class FakePort:
+    """A listening port that only says where it listens."""
+
+    def __init__(self, host: str) -> None:
+        self.address = IPv4Address("TCP", host, 1080)
+
+    def getHost(self) -> IPv4Address:
+        return self.address

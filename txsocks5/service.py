@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from txsocks5.accepting import guardPort
 from txsocks5.interfaces import IAuthenticator, IRuleSet
+from txsocks5.proxyprotocol import ProxyProtocolEndpoint
 from txsocks5.rules import RuleSet, isLoopback
 from txsocks5.server import SOCKS5Factory, describeAddress
 
@@ -42,23 +43,29 @@ class OpenProxyError(Exception):
 
 
 def openProxyProblem(
-    authenticators: Sequence[IAuthenticator], rules: IRuleSet, ports: Sequence[IListeningPort]
+    authenticators: Sequence[IAuthenticator],
+    rules: IRuleSet,
+    ports: Sequence[IListeningPort],
+    behindBalancer: Sequence[IListeningPort] = (),
 ) -> str | None:
     """
     Why serving on C{ports} would make an open proxy, or C{None} if it
     would not: it does when a method without credentials is offered, no
     client rules say who may connect, and a port listens on an address
-    other than loopback (the wildcard addresses included).  Rule sets other
-    than L{RuleSet} are taken to say who may connect.
+    other than loopback (the wildcard addresses included), or is one of
+    C{behindBalancer}, whose clients come through a PROXY-protocol load
+    balancer from wherever it takes them.  Rule sets other than
+    L{RuleSet} are taken to say who may connect.
     """
     if all(a.usesCredentials for a in authenticators):
         return None
     if not isinstance(rules, RuleSet) or rules.clientRules:
         return None
     public = [
-        describeAddress(address)
-        for address in (port.getHost() for port in ports)
-        if isinstance(getattr(address, "host", None), str) and not isLoopback(address.host)  # type: ignore[attr-defined]
+        describeAddress(address) + (" (behind a PROXY-protocol balancer)" if port in behindBalancer else "")
+        for port, address in ((port, port.getHost()) for port in ports)
+        if port in behindBalancer
+        or (isinstance(getattr(address, "host", None), str) and not isLoopback(address.host))  # type: ignore[attr-defined]
     ]
     if not public:
         return None
@@ -160,7 +167,12 @@ class SOCKS5Service(Service):
     def _refuseIfOpen(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         if self._refuseOpenProxy:
             factory = self.factory
-            problem = openProxyProblem(factory.authenticators, factory.rules, ports)
+            behindBalancer = [
+                port
+                for endpoint, port in zip(self.endpoints, ports, strict=True)
+                if isinstance(endpoint, ProxyProtocolEndpoint)
+            ]
+            problem = openProxyProblem(factory.authenticators, factory.rules, ports, behindBalancer)
             if problem is not None:
                 raise OpenProxyError(problem)
         return ports
