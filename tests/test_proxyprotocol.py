@@ -12,8 +12,10 @@ The headers name addresses from the documentation ranges (192.0.2.0/24,
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import random
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 from unittest import SkipTest
@@ -46,6 +48,9 @@ from txsocks5.rules import RuleSet
 from txsocks5.server import SOCKS5Factory
 from txsocks5.service import openProxyProblem
 
+#: What every PROXY protocol v2 header starts with.
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
 DENIED = "192.0.2.7"
 ALLOWED = "198.51.100.9"
 
@@ -53,6 +58,15 @@ ALLOWED = "198.51.100.9"
 def proxyHeader(source: str, port: int = 5555) -> bytes:
     """A PROXY protocol v1 header for a client at C{source}:C{port}."""
     return f"PROXY TCP4 {source} 127.0.0.1 {port} 1080\r\n".encode()
+
+
+def proxyHeaderV2(source: str, port: int = 5555) -> bytes:
+    """A PROXY protocol v2 (binary) header for a TCP client at C{source}:C{port} (IPv4 or IPv6)."""
+    client = ipaddress.ip_address(source)
+    server = ipaddress.ip_address("::1" if client.version == 6 else LOOPBACK4)
+    family = 0x21 if client.version == 6 else 0x11  # TCP over IPv6 / IPv4.
+    addresses = client.packed + server.packed + struct.pack("!HH", port, 1080)
+    return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(addresses)) + addresses
 
 
 def methodAfterHeader(proxy: tuple[str, int], source: str) -> bytes:
@@ -113,6 +127,33 @@ class ProxyProtocolTests(RulesTestCase):
         self.assertTrue(refused.startswith(f"Refused {DENIED}:5555: "), refused)
         clients = sorted((s["client"], s["outcome"]) for s in self.sessions)
         self.assertEqual(clients, [(f"{DENIED}:5555", "client refused"), (f"{ALLOWED}:5555", "succeeded")])
+
+    async def test_versionTwoHeaders(self) -> None:
+        """
+        Binary (v2) headers name the client too, IPv4 or IPv6: client deny
+        from 192.0.2.7 and from 2001:db8::7 refuse those, and a client at
+        2001:db8::9 is served (its session logged as [2001:db8::9]:5555).
+        """
+        factory, proxy = await self.startProxied(
+            rules=ruleSet(f"client deny from {DENIED}", "client deny from 2001:db8::7")
+        )
+
+        def methodAfter(header: bytes) -> bytes:
+            with connectTo(proxy, 5.0) as sock:
+                sock.sendall(header + b"\x05\x01\x00")
+                try:
+                    return sock.recv(2)
+                except ConnectionResetError:
+                    return b""
+
+        got = [
+            await deferToThread(methodAfter, proxyHeaderV2(source))
+            for source in (DENIED, "2001:db8::7", "2001:db8::9")
+        ]
+        self.assertEqual(got, [b"", b"", b"\x05\x00"])
+        await self.settledFactory(factory)
+        clients = sorted(s["client"] for s in self.sessions)
+        self.assertEqual(clients, ["192.0.2.7:5555", "[2001:db8::7]:5555", "[2001:db8::9]:5555"])
 
     async def test_protectionsForRemoteClient(self) -> None:
         """
