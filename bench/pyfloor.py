@@ -22,6 +22,7 @@ It listens on a loopback address only and runs until it is stopped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import select
 import signal
@@ -248,10 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     listener.listen(1024)
     listener.setblocking(False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it quietly, as SIGTERM does.
         Floor(listener).run()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

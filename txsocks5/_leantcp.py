@@ -423,10 +423,8 @@ class LeanConnection:
 
     def _shutdownWrite(self) -> None:
         self._writeEnded = True
-        try:
+        with suppress(OSError):  # Already reset: connectionLost will follow.
             self.socket.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
-        except OSError:
-            pass
         halfCloseable = IHalfCloseableProtocol(self.protocol, None)
         if halfCloseable is not None:
             try:
