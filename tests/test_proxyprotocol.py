@@ -16,6 +16,7 @@ import ipaddress
 import random
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import SkipTest
@@ -69,14 +70,16 @@ def proxyHeaderV2(source: str, port: int = 5555) -> bytes:
     return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(addresses)) + addresses
 
 
-def methodAfterHeader(proxy: tuple[str, int], source: str) -> bytes:
+def methodAfterHeader(
+    proxy: tuple[str, int], source: str, header: Callable[[str], bytes] = proxyHeader
+) -> bytes:
     """
-    Send a header for C{source} and a greeting: the method selection, or
-    nothing if the server closed first (a reset counts as a close: a
-    refused connection is closed with the greeting unread).
+    Send a C{header} (v1 unless told) for C{source} and a greeting: the
+    method selection, or nothing if the server closed first (a reset counts
+    as a close: a refused connection is closed with the greeting unread).
     """
     with connectTo(proxy, 5.0) as sock:
-        sock.sendall(proxyHeader(source) + b"\x05\x01\x00")
+        sock.sendall(header(source) + b"\x05\x01\x00")
         try:
             first = sock.recv(2)
         except ConnectionResetError:
@@ -137,17 +140,8 @@ class ProxyProtocolTests(RulesTestCase):
         factory, proxy = await self.startProxied(
             rules=ruleSet(f"client deny from {DENIED}", "client deny from 2001:db8::7")
         )
-
-        def methodAfter(header: bytes) -> bytes:
-            with connectTo(proxy, 5.0) as sock:
-                sock.sendall(header + b"\x05\x01\x00")
-                try:
-                    return sock.recv(2)
-                except ConnectionResetError:
-                    return b""
-
         got = [
-            await deferToThread(methodAfter, proxyHeaderV2(source))
+            await deferToThread(methodAfterHeader, proxy, source, proxyHeaderV2)
             for source in (DENIED, "2001:db8::7", "2001:db8::9")
         ]
         self.assertEqual(got, [b"", b"", b"\x05\x00"])

@@ -252,18 +252,17 @@ if epollreactor is not None:
             doIteration = self.doIteration
             while self._started:
                 pending = self._pendingTimedCalls
+                wait = pending[0].time - seconds() if pending else None
                 if (
                     self.threadCallQueue
                     or self._newTimedCalls
                     or self._justStopped
-                    or (pending and pending[0].time <= seconds())
+                    or (wait is not None and wait <= 0)
                 ):
                     self.runUntilCurrent()
                     timeout = self.timeout()
-                elif pending:
-                    timeout = min(pending[0].time - seconds(), _LONGEST_WAIT)
                 else:
-                    timeout = None
+                    timeout = None if wait is None else min(wait, _LONGEST_WAIT)
                 doIteration(timeout if self.running else 0)
 
         def doPoll(self, timeout: float | None) -> None:

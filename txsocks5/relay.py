@@ -227,7 +227,7 @@ class TCPRelay:
             self._bothEnded()
         else:
             _shutdownWrite(self.target)
-            self._halfClosed()
+            self._startFinWait()
 
     def targetReadClosed(self) -> None:
         """The target sent a FIN: half-close towards the client."""
@@ -239,7 +239,7 @@ class TCPRelay:
             self._bothEnded()
         else:
             _shutdownWrite(self.client)
-            self._halfClosed()
+            self._startFinWait()
 
     def clientLost(self) -> None:
         """The client connection is gone: close the target once its data is sent."""
@@ -265,10 +265,9 @@ class TCPRelay:
         _loseConnectionNow(self.target)
         _loseConnectionNow(self.client)
 
-    def _halfClosed(self) -> None:
-        if self._upEnded and self._downEnded:
-            self._bothEnded()
-        elif self._finWaitTimeout and not self._finWaiting:
+    def _startFinWait(self) -> None:
+        """One direction has ended: give the other at most the fin-wait timeout."""
+        if self._finWaitTimeout and not self._finWaiting and not self._finished:
             self._finWaiting = True
             if self._finWaitDeadlines is not None:
                 self._finWaitDeadlines.start(self)

@@ -863,14 +863,16 @@ class SOCKS5Factory(Factory):
         if self.maxConnections is not None and self.counters.active >= self.maxConnections:
             self._refuse(addr, "limit", f"{self.maxConnections} connections already open")
             return None
+        host = None
+        if not admitByProxyHeader:
+            admitted, host = self._admit(addr)
+            if not admitted:
+                return None
         protocol = self.protocol()
         protocol.factory = self
+        protocol.clientHost = host
         if admitByProxyHeader:
             protocol._awaitingProxyHeader = True
-            return protocol  # type: ignore[return-value]
-        admitted, protocol.clientHost = self._admit(addr)
-        if not admitted:
-            return None
         return protocol  # type: ignore[return-value]
 
     def _admit(self, addr: IAddress | None) -> tuple[bool, str | None]:

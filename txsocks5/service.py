@@ -61,12 +61,13 @@ def openProxyProblem(
         return None
     if not isinstance(rules, RuleSet) or rules.clientRules:
         return None
-    public = [
-        describeAddress(address) + (" (behind a PROXY-protocol balancer)" if port in behindBalancer else "")
-        for port, address in ((port, port.getHost()) for port in ports)
-        if port in behindBalancer
-        or (isinstance(getattr(address, "host", None), str) and not isLoopback(address.host))  # type: ignore[attr-defined]
-    ]
+    public = []
+    for port in ports:
+        address = port.getHost()
+        if port in behindBalancer:
+            public.append(f"{describeAddress(address)} (behind a PROXY-protocol balancer)")
+        elif isinstance(getattr(address, "host", None), str) and not isLoopback(address.host):  # type: ignore[attr-defined]
+            public.append(describeAddress(address))
     if not public:
         return None
     return (
